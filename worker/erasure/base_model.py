@@ -82,6 +82,7 @@ def load_pipeline(name_or_path: str, *, device=None, dtype=None):
     """A `StableDiffusionPipeline` from a local folder or the local cache, safety checker off."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     root = resolve_model_path(name_or_path)
     auto_device, auto_dtype = default_device_and_dtype()
@@ -89,7 +90,9 @@ def load_pipeline(name_or_path: str, *, device=None, dtype=None):
     extra = {"safety_checker": None, "requires_safety_checker": False}
     if "feature_extractor" in index:
         extra["feature_extractor"] = None
-    diffusers_logging.set_verbosity_error()
+    for library_logging in (diffusers_logging, transformers_logging):
+        library_logging.set_verbosity_error()
+        library_logging.disable_progress_bar()
     pipe = StableDiffusionPipeline.from_pretrained(
         root, dtype=dtype or auto_dtype, local_files_only=True, **extra
     )

@@ -1,0 +1,85 @@
+"""Stage 3: closed-form fusion of the groups' LoRAs into one edit, in its compact form.
+
+    B  = sum_i G_i + lam_f I + s_f P
+    M  = [T (sum_i G_i + lam_f I) + s_f P] B^-1            shared by every edited matrix
+    W* = W0 M + sum_i up_i (down_i G_i B^-1)               per matrix, rank r per group
+
+No LoRA is merged into a pipeline: each group only contributes down_i G_i (r x d_in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .cfr import weighted_preservation
+from .linalg import SpdFactor
+from .statistics import SecondMoment
+
+LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # matrix name -> (up, down)
+
+
+@dataclass
+class FusedEdit:
+    """The compact form: M and, per matrix, the stacked factors (U = [up_i], V = [v_i])."""
+
+    transform: torch.Tensor
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ridge: float = 0.0
+
+
+def fuse_loras(
+    transform: torch.Tensor,
+    grams: Iterable[SecondMoment],
+    loras: Sequence[LoraFactors],
+    *,
+    fusion_lambda: float,
+    preservation: SecondMoment | None = None,
+    preservation_weight: float = 0.0,
+) -> FusedEdit:
+    """Fuse per-group LoRAs trained on top of W' = W0 T.
+
+    Args:
+        transform: T from stage 1 (identity when CFR was skipped).
+        grams: G_i per group, in the order of `loras`; consumed one at a time.
+        loras: per group, matrix name -> (up, down) with the LoRA scale folded into up.
+        fusion_lambda: lam_f, the ridge toward W'.
+        preservation: P.
+        preservation_weight: s_f, per token (see `cfr.weighted_preservation`).
+    """
+    width = transform.shape[0]
+    gram_sum = torch.zeros(width, width, dtype=torch.float64)
+    projected: dict[str, list[torch.Tensor]] = {name: [] for name in loras[0]} if loras else {}
+    token_count = 0
+    for lora, gram in zip(loras, grams, strict=True):
+        gram_sum += gram.total
+        token_count += gram.count
+        for name, (_, down) in lora.items():
+            projected[name].append(down.double() @ gram.total)
+    eye = torch.eye(width, dtype=torch.float64)
+    preserved = weighted_preservation(preservation, preservation_weight, token_count)
+    factor = SpdFactor(gram_sum + fusion_lambda * eye + preserved)
+    shared = factor.solve_right(transform.double() @ (gram_sum + fusion_lambda * eye) + preserved)
+    factors = {
+        name: (
+            torch.cat([lora[name][0].double() for lora in loras], dim=1),
+            factor.solve_right(torch.cat(rows)),
+        )
+        for name, rows in projected.items()
+    }
+    return FusedEdit(shared, factors, factor.ridge)
+
+
+def stack_unfused(transform: torch.Tensor, loras: Sequence[LoraFactors]) -> FusedEdit:
+    """Without stage 3: W' + sum_i up_i down_i, the LoRAs simply added (same compact form)."""
+    names = loras[0].keys() if loras else ()
+    factors = {
+        name: (
+            torch.cat([lora[name][0].double() for lora in loras], dim=1),
+            torch.cat([lora[name][1].double() for lora in loras], dim=0),
+        )
+        for name in names
+    }
+    return FusedEdit(transform.double(), factors)
