@@ -105,6 +105,15 @@ class EditedUnet:
         self.base_weights = {n: m.weight.detach().to("cpu", copy=True) for n, m in self.projections.items()}
         self.applied: CompactEdit | None = None
 
+    @classmethod
+    def of(cls, unet: torch.nn.Module) -> EditedUnet:
+        """The one EditedUnet of this UNet (created on first use), so base weights are kept once."""
+        existing = getattr(unet, "_mace_edited", None)
+        if existing is None:
+            existing = cls(unet)
+            unet._mace_edited = existing
+        return existing
+
     @torch.no_grad()
     def apply(self, edit: CompactEdit) -> None:
         missing = set(edit.factors) - set(self.projections)

@@ -188,7 +188,8 @@ def _train_loras(run: _Run, transform, loras, losses, on_lora_trained) -> None:
     from .training_data import generate_training_set
 
     opts = run.options
-    edited = EditedUnet(run.pipe.unet)
+    edited = EditedUnet.of(run.pipe.unet)
+    given = edited.applied
     refined = CompactEdit(transform.float(), {})
     pending = [i for i in range(len(run.groups)) if i not in loras]
     try:
@@ -229,4 +230,4 @@ def _train_loras(run: _Run, transform, loras, losses, on_lora_trained) -> None:
                 on_lora_trained(index, trained)
             run.progress("lora", (done + 1) / len(pending))
     finally:
-        edited.restore()
+        edited.apply(given) if given else edited.restore()

@@ -1,0 +1,136 @@
+"""`mace`: the command line of the erasure engine and service.
+
+Engine commands import torch lazily, so the API-only install keeps a working `mace --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+DESCRIPTION = """\
+Erase concepts from Stable Diffusion models with MACE (mass concept erasure).
+
+Typical use:
+  mace tiny-model ./tiny                               # a small offline model to try things on
+  mace erase --model ./tiny --concept "cat, kitten" --out ./erased-cat
+  mace generate --erased ./erased-cat --prompt "a photo of a cat" --out cat.png
+  mace export --erased ./erased-cat --format lora --out ./cat-lora
+
+Models are local diffusers folders or Hugging Face ids already in the local cache; nothing is
+downloaded.
+"""
+
+ERASE_HELP = """\
+Run MACE's three stages (cfr: closed-form refinement of cross-attention, lora: one LoRA per
+concept group trained to suppress its attention, fusion: closed-form fusion of the LoRAs) and
+write the edit (edit.safetensors, a few MB), each group's LoRA and manifest.json to --out.
+
+Each --concept is one group; commas separate synonyms that are erased together:
+  --concept "nudity, naked, nude" --concept "van gogh" --kind explicit --kind style
+--kind and --anchor apply to every group when given once, or to each group in order.
+Options left out take the concept kind's defaults (see the MACE spec).
+"""
+
+
+def _engine(name: str):
+    def run(args):
+        try:
+            commands = importlib.import_module("worker.erasure.commands")
+        except ImportError as exc:
+            sys.exit(f"mace {args.command} needs the engine: pip install 'mace-service[worker]' ({exc})")
+        return getattr(commands, name)(args)
+
+    return run
+
+
+def _add_erase(sub) -> None:
+    p = sub.add_parser("erase", help="erase concepts from a model", description=ERASE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="base model: local folder or cached HF id")
+    p.add_argument("--concept", action="append", required=True,
+                   help='one concept group, synonyms separated by commas (repeatable)')
+    p.add_argument("--kind", action="append", choices=["object", "person", "style", "explicit"],
+                   help="concept kind (default object); picks templates and defaults")
+    p.add_argument("--anchor", action="append",
+                   help='what the concept is mapped to (default by kind: "", "a person", "art", ...)')
+    p.add_argument("--stages", default="cfr,lora,fusion", help="subset of cfr,lora,fusion")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    tuning = p.add_argument_group("overrides of the kind's defaults")
+    tuning.add_argument("--cfr-lambda", type=float, help="CFR ridge toward the base weights")
+    tuning.add_argument("--preservation-weight", type=float,
+                        help="weight of the preservation prompts, per token (1 = as much as the targets)")
+    tuning.add_argument("--preservation-prompts", help="text file, one preservation prompt a line")
+    tuning.add_argument("--fusion-lambda", type=float, default=0.1, help="fusion ridge (default 0.1)")
+    tuning.add_argument("--fusion-preservation-weight", type=float,
+                        help="preservation weight in fusion (default: --preservation-weight)")
+    tuning.add_argument("--lora-rank", type=int, default=1, help="LoRA rank (default 1)")
+    tuning.add_argument("--lora-lr", type=float, help="LoRA learning rate")
+    tuning.add_argument("--lora-steps", type=int, help="LoRA training steps per group")
+    tuning.add_argument("--lora-batch-size", type=int, default=1, help="images per step (default 1)")
+    tuning.add_argument("--images-per-concept", type=int, default=8,
+                        help="training images generated per group (default 8)")
+    tuning.add_argument("--image-steps", type=int, default=30,
+                        help="sampling steps for training images (default 30)")
+    tuning.add_argument("--mask-provider", default="attention",
+                        help="attention (default), full or grounded-sam")
+    tuning.add_argument("--cfis", action=argparse.BooleanOptionalAction, default=None,
+                        help="concept-focal timestep sampling (default by kind)")
+    p.set_defaults(handler=_engine("erase"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mace", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tiny-model", help="build a tiny random-weight SD-1.x model (offline)")
+    p.add_argument("dir", help="folder to write the diffusers pipeline to")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_engine("tiny_model"))
+
+    _add_erase(sub)
+
+    p = sub.add_parser("generate", help="generate an image with a base or erased model")
+    p.add_argument("--model", help="base model (default: the one the --erased edit was made from)")
+    p.add_argument("--erased", help="an erasure output folder (from mace erase)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--side-by-side", action="store_true",
+                   help="with --erased: the base model's image and the erased one's, same seed")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.set_defaults(handler=_engine("generate"))
+
+    p = sub.add_parser("export", help="export an erased model for other tools")
+    p.add_argument("--erased", required=True, help="an erasure output folder")
+    p.add_argument("--format", required=True, choices=["diffusers", "unet-pt", "lora", "lora-kohya"],
+                   help="diffusers: pipeline folder; unet-pt: UNet state dict; lora / lora-kohya: "
+                   "low-rank approximation of the change (diffusers or ComfyUI/A1111 keys)")
+    p.add_argument("--out", required=True, help="output path")
+    p.add_argument("--model", help="base model (default: the one the edit was made from)")
+    p.add_argument("--lora-rank", type=int, help="LoRA export rank (default: smallest within 1%%)")
+    p.set_defaults(handler=_engine("export"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except Exception as exc:  # user errors get one clear line; anything else a traceback
+        from_engine = type(exc).__name__ in {"ErasureInputError", "ModelNotFoundError"}
+        if from_engine or isinstance(exc, FileExistsError):
+            print(f"mace {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
