@@ -41,6 +41,24 @@ class CompactEdit:
     def matrix_names(self) -> list[str]:
         return list(self.factors)
 
+    def then(self, child: CompactEdit) -> CompactEdit:
+        """This edit followed by `child` (made on top of it), still relative to the same W0:
+        (W0 M_p + U_p V_p) M_c + U_c V_c = W0 (M_p M_c) + [U_p U_c] [V_p M_c; V_c]."""
+        m_child = child.transform.double()
+        factors = {}
+        for name in dict.fromkeys([*self.factors, *child.factors]):
+            ups, downs = [], []
+            if name in self.factors:
+                up, down = self.factors[name]
+                ups.append(up.double())
+                downs.append(down.double() @ m_child)
+            if name in child.factors:
+                ups.append(child.factors[name][0].double())
+                downs.append(child.factors[name][1].double())
+            factors[name] = (torch.cat(ups, 1).to(self.transform.dtype), torch.cat(downs).to(self.transform.dtype))
+        transform = (self.transform.double() @ m_child).to(self.transform.dtype)
+        return CompactEdit(transform, factors, {**child.metadata, "parent": self.metadata})
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"transform": self.transform.contiguous()}
         for name, (up, down) in self.factors.items():

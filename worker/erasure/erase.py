@@ -115,6 +115,7 @@ def erase(
     should_cancel: Callable[[], bool] | None = None,
     trained_loras: dict[int, LoraFactors] | None = None,
     on_lora_trained: Callable[[int, object], None] | None = None,
+    parent: CompactEdit | None = None,
 ) -> ErasureResult:
     """Erase `groups` from the pipeline's base weights; the pipeline is left as it was given.
 
@@ -129,6 +130,8 @@ def erase(
             factors); those groups are not trained again.
         on_lora_trained: called with (group index, ConceptLora) as soon as a group is trained,
             so a caller can store it before the next group starts.
+        parent: an earlier erasure of the same base to erase more from; the result composes
+            both and is still relative to the base weights.
     """
     validate_request(pipe.tokenizer, groups, options)
     run = _Run(pipe, identity, groups, options, progress, should_cancel)
@@ -148,7 +151,9 @@ def erase(
     loras: dict[int, LoraFactors] = dict(trained_loras or {})
     losses: dict[int, list[float]] = {}
     if "lora" in opts.stages:
-        run.timed("lora", lambda: _train_loras(run, transform, loras, losses, on_lora_trained))
+        run.timed(
+            "lora", lambda: _train_loras(run, transform, loras, losses, on_lora_trained, parent)
+        )
     ordered = [loras[i] for i in range(len(run.groups))] if loras else []
 
     if use_fusion:
@@ -179,11 +184,14 @@ def erase(
         "log": run.result_log,
     }
     edit = CompactEdit.from_fused(fused, metadata)
+    if parent is not None:
+        edit = parent.then(edit)
     return ErasureResult(edit, loras, losses, run.timings, run.result_log)
 
 
-def _train_loras(run: _Run, transform, loras, losses, on_lora_trained) -> None:
-    """Stage 2: per group, images from the base weights, then a LoRA on top of W' = W0 T."""
+def _train_loras(run: _Run, transform, loras, losses, on_lora_trained, parent) -> None:
+    """Stage 2: per group, images from the model erased from (the base, or the parent edit),
+    then a LoRA on top of its weights refined by T."""
     from .lora_training import LoraOptions, train_concept_lora
     from .training_data import generate_training_set
 
@@ -191,11 +199,14 @@ def _train_loras(run: _Run, transform, loras, losses, on_lora_trained) -> None:
     edited = EditedUnet.of(run.pipe.unet)
     given = edited.applied
     refined = CompactEdit(transform.float(), {})
+    start = parent
+    if parent is not None:
+        refined = parent.then(refined)
     pending = [i for i in range(len(run.groups)) if i not in loras]
     try:
         for done, index in enumerate(pending):
             group = run.groups[index]
-            edited.restore()
+            edited.apply(start) if start else edited.restore()
             training_set = generate_training_set(
                 run.pipe,
                 group,
