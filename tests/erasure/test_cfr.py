@@ -23,7 +23,9 @@ def setup(tiny_model_dir):
     encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
     identity = model_identity(str(tiny_model_dir))
     preservation = preservation_statistics(encoder, identity, default_preservation_prompts()[:40])
-    weights = {n: m.weight.detach().double() for n, m in cross_attention_projections(pipe.unet).items()}
+    weights = {
+        n: m.weight.detach().double() for n, m in cross_attention_projections(pipe.unet).items()
+    }
     return pipe, encoder, preservation, weights
 
 
@@ -49,7 +51,9 @@ def test_solution_satisfies_normal_equations_and_beats_alternatives(setup):
     pipe, encoder, preservation, weights = setup
     lam, s = 3.0, 0.5
     stats = cfr_statistics(encoder, GROUPS)
-    refinement = closed_form_refine(stats, cfr_lambda=lam, preservation=preservation, preservation_weight=s)
+    refinement = closed_form_refine(
+        stats, cfr_lambda=lam, preservation=preservation, preservation_weight=s
+    )
     f, g = paired_embeddings(encoder, GROUPS)
     assert stats.pair_count == f.shape[0]
     pres_sum = weighted_preservation(preservation, s, stats.pair_count)

@@ -25,7 +25,9 @@ def setup(tiny_model_dir):
     encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
     identity = model_identity(str(tiny_model_dir))
     preservation = preservation_statistics(encoder, identity, default_preservation_prompts()[:40])
-    weights = {n: m.weight.detach().double() for n, m in cross_attention_projections(pipe.unet).items()}
+    weights = {
+        n: m.weight.detach().double() for n, m in cross_attention_projections(pipe.unet).items()
+    }
     transform = closed_form_refine(cfr_statistics(encoder, GROUPS), cfr_lambda=10.0).transform
     generator = torch.Generator().manual_seed(1)
     loras = [
@@ -53,9 +55,16 @@ def test_fusion_satisfies_normal_equations_and_beats_alternatives(setup):
     lam_f, s_f = 0.5, 0.3
     grams = [group_gram(encoder, g) for g in GROUPS]
     fused = fuse_loras(
-        transform, grams, loras, fusion_lambda=lam_f, preservation=preservation, preservation_weight=s_f
+        transform,
+        grams,
+        loras,
+        fusion_lambda=lam_f,
+        preservation=preservation,
+        preservation_weight=s_f,
     )
-    group_rows = [encoder.encode(target_prompts(g)).double().reshape(-1, encoder.width) for g in GROUPS]
+    group_rows = [
+        encoder.encode(target_prompts(g)).double().reshape(-1, encoder.width) for g in GROUPS
+    ]
     assert all(torch.allclose(r.T @ r, g.total) for r, g in zip(group_rows, grams, strict=True))
     token_count = sum(g.count for g in grams)
     pres = weighted_preservation(preservation, s_f, token_count)
@@ -70,9 +79,11 @@ def test_fusion_satisfies_normal_equations_and_beats_alternatives(setup):
         fused_weight = base @ fused.transform + up @ down
         deltas = [lora[name][0].double() @ lora[name][1].double() for lora in loras]
         lhs = fused_weight @ (gram_sum + lam_f * eye + pres)
-        rhs = refined @ (gram_sum + lam_f * eye) + sum(
-            d @ g.total for d, g in zip(deltas, grams, strict=True)
-        ) + base @ pres
+        rhs = (
+            refined @ (gram_sum + lam_f * eye)
+            + sum(d @ g.total for d, g in zip(deltas, grams, strict=True))
+            + base @ pres
+        )
         assert (lhs - rhs).norm() / rhs.norm() < 1e-6, name
         args = (refined, deltas, group_rows, lam_f, base, pres_rows)
         best = fusion_objective(fused_weight, *args)
@@ -108,7 +119,9 @@ def test_grams_kept_from_the_cfr_pass_equal_recomputed_ones(setup):
 def test_compact_form_stores_rank_per_group_and_round_trips(setup, tmp_path):
     encoder, _, weights, transform, loras = setup
     grams = [group_gram(encoder, g) for g in GROUPS]
-    edit = CompactEdit.from_fused(fuse_loras(transform, grams, loras, fusion_lambda=0.1), {"seed": 3})
+    edit = CompactEdit.from_fused(
+        fuse_loras(transform, grams, loras, fusion_lambda=0.1), {"seed": 3}
+    )
     name = next(iter(weights))
     assert edit.factors[name][0].shape == (weights[name].shape[0], len(GROUPS))
     edit.save(tmp_path)
@@ -124,5 +137,7 @@ def test_unfused_stack_is_the_plain_sum_of_loras(setup):
     stacked = stack_unfused(transform, loras)
     for name, base in weights.items():
         up, down = stacked.factors[name]
-        expected = base @ transform + sum(lo[name][0].double() @ lo[name][1].double() for lo in loras)
+        expected = base @ transform + sum(
+            lo[name][0].double() @ lo[name][1].double() for lo in loras
+        )
         assert torch.allclose(base @ stacked.transform + up @ down, expected, atol=1e-10)

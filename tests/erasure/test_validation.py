@@ -26,11 +26,26 @@ LONG_PHRASE = " ".join(["antidisestablishmentarianism"] * 20)
         (["--concept", "cat", "--stages", "fusion"], "add the lora stage"),
         (["--concept", "cat", "--stages", "cfr,sharpen"], "subset of cfr,lora,fusion"),
         (["--concept", "cat", "--mask-provider", "magic"], "unknown mask provider"),
-        (["--concept", "cat", "--concept", "dog", "--kind", "style", "--kind", "object",
-          "--kind", "person"], "once per --concept"),
+        (
+            [
+                "--concept",
+                "cat",
+                "--concept",
+                "dog",
+                "--kind",
+                "style",
+                "--kind",
+                "object",
+                "--kind",
+                "person",
+            ],
+            "once per --concept",
+        ),
     ],
 )
-def test_bad_erase_input_is_refused_and_writes_nothing(tiny_model_dir, tmp_path, capsys, args, message):
+def test_bad_erase_input_is_refused_and_writes_nothing(
+    tiny_model_dir, tmp_path, capsys, args, message
+):
     out = tmp_path / "out"
     code = main(["erase", "--model", str(tiny_model_dir), "--out", str(out), *args])
     assert code == 2

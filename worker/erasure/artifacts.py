@@ -27,7 +27,10 @@ def lora_folder_name(index: int, name: str) -> str:
 def build_manifest(root: Path, edit: CompactEdit, timings: dict[str, float]) -> dict:
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        files[str(path.relative_to(root))] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        files[str(path.relative_to(root))] = {
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+        }
     return {
         "format": "mace-erasure/1",
         "edit": EDIT_FILE,

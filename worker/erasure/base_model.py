@@ -1,4 +1,4 @@
-"""Loading a Stable Diffusion 1.x / 2.x base model offline, and its identity (name + content hash)."""
+"""Loading SD 1.x / 2.x base models offline, and their identity (name + content hash)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def resolve_model_path(name_or_path: str) -> Path:
     try:
         return Path(snapshot_download(name_or_path, local_files_only=True))
     except Exception as exc:  # the hub raises several types for "not cached"
-        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        cache = (
+            os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        )
         raise ModelNotFoundError(
             f"{name_or_path!r} is not in the local Hugging Face cache ({cache}); this service "
             "never downloads weights: put the model there (huggingface-cli download "
@@ -56,7 +58,7 @@ def resolve_model_path(name_or_path: str) -> Path:
 
 
 def model_identity(name_or_path: str) -> ModelIdentity:
-    """Name plus sha256 over the model's weight and config files (sorted relative paths and bytes)."""
+    """Name plus sha256 over the model's weight and config files (sorted paths and bytes)."""
     root = resolve_model_path(name_or_path)
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):

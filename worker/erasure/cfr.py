@@ -1,6 +1,6 @@
 """Stage 1: closed-form cross-attention refinement (CFR) with one shared d_in x d_in transform.
 
-    W' = W0 (G_gf + lam I + s P)(G_ff + lam I + s P)^-1 = W0 T   for every edited matrix.
+W' = W0 (G_gf + lam I + s P)(G_ff + lam I + s P)^-1 = W0 T   for every edited matrix.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ class Refinement:
     ridge: float
 
     def log_lines(self) -> list[str]:
-        lines = [f"CFR: lambda={self.cfr_lambda:g}, preservation weight={self.preservation_weight:g}"]
+        lines = [
+            f"CFR: lambda={self.cfr_lambda:g}, preservation weight={self.preservation_weight:g}"
+        ]
         if self.ridge:
             lines.append(f"CFR: statistics were singular; added a ridge of {self.ridge:.3g}")
         return lines

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from .errors import ErasureInputError
+
+# transformers warns at import about an optional image backend no command here uses.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 class StageBars:
@@ -21,7 +25,11 @@ class StageBars:
     def __call__(self, stage: str, fraction: float) -> None:
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = self._tqdm(total=100, desc=f"{stage:>12}", unit="%", leave=True)
+            bar = self.bars[stage] = self._tqdm(
+                total=100,
+                desc=f"{stage:>12}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}",
+            )
         bar.update(round(100 * fraction) - bar.n)
         if fraction >= 1.0:
             bar.close()
@@ -51,7 +59,9 @@ def _groups_from_args(args):
         if len(values) == 1:
             return values * len(args.concept)
         if len(values) != len(args.concept):
-            raise ErasureInputError(f"give --{name} once, or once per --concept ({len(args.concept)})")
+            raise ErasureInputError(
+                f"give --{name} once, or once per --concept ({len(args.concept)})"
+            )
         return values
 
     kinds = per_group(args.kind, "kind")
@@ -148,7 +158,9 @@ def side_by_side(left, right, labels=("base", "erased")):
     from PIL import Image, ImageDraw
 
     scale = max(1, 256 // max(left.width, left.height))
-    left, right = (im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in (left, right))
+    left, right = (
+        im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in (left, right)
+    )
     canvas = Image.new("RGB", (left.width + right.width + 8, left.height + 20), "white")
     canvas.paste(left, (0, 20))
     canvas.paste(right, (left.width + 8, 20))

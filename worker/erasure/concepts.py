@@ -70,8 +70,11 @@ class ConceptGroup:
     @classmethod
     def parse(cls, text: str, kind: str = "object", anchor: str | None = None) -> ConceptGroup:
         """One group from the shorthand "nudity, naked, nude" (commas separate synonyms)."""
-        return cls(tuple(part for part in (p.strip() for p in text.split(",")) if part) or ("",),
-                   kind, anchor)
+        return cls(
+            tuple(part for part in (p.strip() for p in text.split(",")) if part) or ("",),
+            kind,
+            anchor,
+        )
 
     def to_dict(self) -> dict:
         return {"targets": list(self.targets), "kind": self.kind, "anchor": self.resolved_anchor}

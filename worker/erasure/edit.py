@@ -26,7 +26,7 @@ FORMAT = "mace-edit/1"
 
 @dataclass
 class CompactEdit:
-    """M, the per-matrix factors (stored dtype) and the metadata that makes the edit reproducible."""
+    """M, the per-matrix factors (stored dtype) and the metadata that reproduces the edit."""
 
     transform: torch.Tensor
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -55,7 +55,10 @@ class CompactEdit:
             if name in child.factors:
                 ups.append(child.factors[name][0].double())
                 downs.append(child.factors[name][1].double())
-            factors[name] = (torch.cat(ups, 1).to(self.transform.dtype), torch.cat(downs).to(self.transform.dtype))
+            factors[name] = (
+                torch.cat(ups, 1).to(self.transform.dtype),
+                torch.cat(downs).to(self.transform.dtype),
+            )
         transform = (self.transform.double() @ m_child).to(self.transform.dtype)
         return CompactEdit(transform, factors, {**child.metadata, "parent": self.metadata})
 
@@ -79,7 +82,9 @@ class CompactEdit:
         """Write edit.safetensors (metadata in its header); returns its path."""
         path = Path(directory) / EDIT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(self.tensors(), path, metadata={"format": FORMAT, "mace": json.dumps(self.metadata)})
+        save_file(
+            self.tensors(), path, metadata={"format": FORMAT, "mace": json.dumps(self.metadata)}
+        )
         return path
 
     @classmethod
@@ -120,7 +125,9 @@ class EditedUnet:
     def __init__(self, unet: torch.nn.Module):
         self.unet = unet
         self.projections = cross_attention_projections(unet)
-        self.base_weights = {n: m.weight.detach().to("cpu", copy=True) for n, m in self.projections.items()}
+        self.base_weights = {
+            n: m.weight.detach().to("cpu", copy=True) for n, m in self.projections.items()
+        }
         self.applied: CompactEdit | None = None
 
     @classmethod
@@ -145,5 +152,7 @@ class EditedUnet:
     @torch.no_grad()
     def restore(self) -> None:
         for name, module in self.projections.items():
-            module.weight.copy_(self.base_weights[name].to(module.weight.device, module.weight.dtype))
+            module.weight.copy_(
+                self.base_weights[name].to(module.weight.device, module.weight.dtype)
+            )
         self.applied = None

@@ -86,7 +86,9 @@ class _Run:
             self.progress("cfr", done / total)
             self.check_cancel()
 
-        stats = cfr_statistics(self.encoder, self.groups, keep_group_grams=keep_grams, progress=report)
+        stats = cfr_statistics(
+            self.encoder, self.groups, keep_group_grams=keep_grams, progress=report
+        )
         refinement = closed_form_refine(
             stats,
             cfr_lambda=self.options.cfr_lambda,
@@ -169,7 +171,9 @@ def erase(
             ),
         )
         if fused.ridge:
-            run.result_log.append(f"fusion: statistics were singular; added a ridge of {fused.ridge:.3g}")
+            run.result_log.append(
+                f"fusion: statistics were singular; added a ridge of {fused.ridge:.3g}"
+            )
     elif ordered:
         fused = stack_unfused(transform, ordered)
     else:
@@ -199,14 +203,20 @@ def _train_loras(run: _Run, transform, loras, losses, on_lora_trained, parent) -
     edited = EditedUnet.of(run.pipe.unet)
     given = edited.applied
     refined = CompactEdit(transform.float(), {})
-    start = parent
     if parent is not None:
         refined = parent.then(refined)
     pending = [i for i in range(len(run.groups)) if i not in loras]
+
+    def report(done: int, offset: float):
+        # Half of each group's share for its images, half for its training steps.
+        return lambda step, total: run.progress(
+            "lora", (done + offset + 0.5 * step / total) / len(pending)
+        )
+
     try:
         for done, index in enumerate(pending):
             group = run.groups[index]
-            edited.apply(start) if start else edited.restore()
+            _set_weights(edited, parent)
             training_set = generate_training_set(
                 run.pipe,
                 group,
@@ -216,6 +226,7 @@ def _train_loras(run: _Run, transform, loras, losses, on_lora_trained, parent) -
                 mask_provider=opts.mask_provider,
                 num_inference_steps=opts.image_steps,
                 guidance_scale=opts.guidance_scale,
+                progress=report(done, 0.0),
                 should_cancel=run.should_cancel,
             )
             edited.apply(refined)
@@ -233,12 +244,19 @@ def _train_loras(run: _Run, transform, loras, losses, on_lora_trained, parent) -
                 training_set,
                 lora_options,
                 seed=opts.seed,
+                progress=report(done, 0.5),
                 should_cancel=run.should_cancel,
             )
             loras[index] = trained.factors
             losses[index] = list(trained.losses)
             if on_lora_trained:
                 on_lora_trained(index, trained)
-            run.progress("lora", (done + 1) / len(pending))
     finally:
-        edited.apply(given) if given else edited.restore()
+        _set_weights(edited, given)
+
+
+def _set_weights(edited: EditedUnet, edit: CompactEdit | None) -> None:
+    if edit is None:
+        edited.restore()
+    else:
+        edited.apply(edit)

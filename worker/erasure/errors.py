@@ -6,7 +6,7 @@ class ErasureInputError(ValueError):
 
 
 class ModelNotFoundError(ErasureInputError):
-    """A base model that is neither a local diffusers directory nor in the local Hugging Face cache."""
+    """A base model that is neither a local diffusers folder nor in the local HF cache."""
 
 
 class ErasureCancelled(RuntimeError):

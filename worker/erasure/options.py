@@ -43,7 +43,9 @@ class ErasureOptions:
         if unknown or not self.stages:
             raise ErasureInputError(f"stages must be a non-empty subset of {','.join(STAGES)}")
         if "fusion" in self.stages and "lora" not in self.stages:
-            raise ErasureInputError("the fusion stage fuses LoRAs: add the lora stage, or drop fusion")
+            raise ErasureInputError(
+                "the fusion stage fuses LoRAs: add the lora stage, or drop fusion"
+            )
         for name in ("cfr_lambda", "preservation_weight", "fusion_preservation_weight"):
             if getattr(self, name) is not None:
                 check_weight(name, getattr(self, name))
@@ -61,7 +63,8 @@ class ErasureOptions:
 
         if self.mask_provider not in MASK_PROVIDERS:
             raise ErasureInputError(
-                f"unknown mask provider {self.mask_provider!r}; use one of {', '.join(MASK_PROVIDERS)}"
+                f"unknown mask provider {self.mask_provider!r}; "
+                f"use one of {', '.join(MASK_PROVIDERS)}"
             )
         return self
 

@@ -53,7 +53,9 @@ class CfrStatistics:
         return self.target.count
 
 
-def _anchor_embeddings(encoder: PromptEncoder, pairs: Sequence[PromptPair]) -> dict[str, torch.Tensor]:
+def _anchor_embeddings(
+    encoder: PromptEncoder, pairs: Sequence[PromptPair]
+) -> dict[str, torch.Tensor]:
     """Anchor prompts repeat across concepts (same templates, same anchor): encode each once."""
     unique = sorted({p.anchor_prompt for p in pairs})
     embeddings: dict[str, torch.Tensor] = {}

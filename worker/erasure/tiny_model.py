@@ -15,7 +15,12 @@ IMAGE_SIZE = 32
 def build_tiny_pipeline(seed: int = 0):
     """An SD-1.x-shaped pipeline small enough for unit tests: CLIP text encoder, cross-attention
     UNet, a one-downsampling VAE, PNDM scheduler, the real CLIP tokenizer; random weights."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""The CLIP BPE tokenizer of Stable Diffusion 1.x, built from the vocabulary file the project ships."""
+"""The CLIP BPE tokenizer of Stable Diffusion 1.x, built from the shipped vocabulary file."""
 
 from __future__ import annotations
 

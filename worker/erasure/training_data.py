@@ -1,0 +1,185 @@
+"""Stage 2's training data: seeded images of a concept group with their masks, and where the
+concept phrase sits among a prompt's tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .attention_capture import capture_cross_attention
+from .concepts import ConceptGroup
+from .errors import ErasureCancelled, ErasureInputError
+from .masks import ConceptAttentionAccumulator, MaskProvider
+from .masks import mask_provider as provider_named
+from .templates import TRAINING_IMAGE_PROMPT, fill
+
+DEFAULT_IMAGES_PER_GROUP = 8
+
+
+@dataclass
+class TrainingSet:
+    """The images one group's LoRA is trained on.
+
+    `images` is (N, 3, H, W) float32 in [0, 1] and `masks` (N, H, W) bool, both on the CPU;
+    image i was generated from `prompts[i]` (showing `phrases[i]`) with seed `seeds[i]`.
+    """
+
+    group: ConceptGroup
+    images: torch.Tensor
+    masks: torch.Tensor
+    prompts: list[str]
+    phrases: list[str]
+    seeds: list[int]
+    mask_provider: str
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def _token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+
+def phrase_token_positions(tokenizer, template: str, phrase: str) -> list[int]:
+    """Positions of the phrase's tokens in the padded token sequence of `fill(template, phrase)`.
+
+    Position 0 is the start token. CLIP's tokenizer splits on words and punctuation first, so the
+    prompt's tokens are the prefix's, then the phrase's, then the suffix's; that is checked, and
+    a tokenizer that merges across the boundary falls back to searching the phrase's tokens.
+
+    Args:
+        tokenizer: the pipeline's tokenizer.
+        template: a prompt template with one `{}`.
+        phrase: the concept phrase.
+    """
+    prefix, _, suffix = template.partition("{}")
+    prompt_ids = _token_ids(tokenizer, fill(template, phrase))
+    prefix_ids = _token_ids(tokenizer, fill(prefix, ""))
+    phrase_ids = _token_ids(tokenizer, fill(phrase, ""))
+    if prompt_ids == prefix_ids + phrase_ids + _token_ids(tokenizer, fill(suffix, "")):
+        start = len(prefix_ids)
+    else:
+        starts = [
+            i
+            for i in range(len(prompt_ids) - len(phrase_ids) + 1)
+            if prompt_ids[i : i + len(phrase_ids)] == phrase_ids
+        ]
+        if not starts:
+            raise ErasureInputError(f"cannot locate the tokens of {phrase!r} in {template!r}")
+        start = starts[0]
+    last_content = tokenizer.model_max_length - 2  # the final slot always holds the end token
+    positions = [1 + start + i for i in range(len(phrase_ids)) if 1 + start + i <= last_content]
+    if not positions:
+        raise ErasureInputError(
+            f"{phrase!r} falls beyond the tokenizer's {tokenizer.model_max_length} tokens "
+            f"in {fill(template, phrase)!r}"
+        )
+    return positions
+
+
+def end_token_positions(tokenizer, prompt: str) -> list[int]:
+    """Positions of the end token and all padding after it in the padded prompt."""
+    used = min(len(_token_ids(tokenizer, prompt)) + 2, tokenizer.model_max_length)
+    return list(range(used - 1, tokenizer.model_max_length))
+
+
+def image_seed(seed: int, group_index: int, image_index: int) -> int:
+    """A 63-bit seed for one training image, independent across groups and images."""
+    words = np.random.SeedSequence([seed, group_index, image_index]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def generate_training_set(
+    pipe,
+    group: ConceptGroup,
+    group_index: int,
+    *,
+    seed: int,
+    count: int = DEFAULT_IMAGES_PER_GROUP,
+    mask_provider: str | MaskProvider = "attention",
+    num_inference_steps: int = 30,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> TrainingSet:
+    """Generate the group's training images and their masks, reproducibly.
+
+    Image i shows target phrase `i mod len(targets)` in `TRAINING_IMAGE_PROMPT[kind]`, generated
+    with a generator seeded by `image_seed(seed, group_index, i)`. Pass the base model: its
+    attention maps, captured during the same generation, make the `attention` masks.
+
+    Args:
+        pipe: a diffusers `StableDiffusionPipeline`.
+        group: the concept group.
+        group_index: the group's position in the request (part of every image's seed).
+        seed: the run's seed.
+        count: images to generate (>= 1).
+        mask_provider: a mask provider or its name in `MASK_PROVIDERS`.
+        num_inference_steps: denoising steps per image.
+        guidance_scale: classifier-free guidance scale.
+        height: image height; the UNet's native size when omitted.
+        width: image width; the UNet's native size when omitted.
+        progress: called as `progress(done, total)` after each image.
+        should_cancel: polled before each image; a true result raises `ErasureCancelled`.
+    """
+    if count < 1:
+        raise ErasureInputError(f"count must be >= 1, got {count}")
+    provider = provider_named(mask_provider) if isinstance(mask_provider, str) else mask_provider
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = height or native, width or native
+    latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    template = TRAINING_IMAGE_PROMPT[group.kind]
+    images, image_masks, prompts, phrases, seeds = [], [], [], [], []
+    for index in range(count):
+        if should_cancel is not None and should_cancel():
+            raise ErasureCancelled(f"cancelled while generating images for {group.name!r}")
+        phrase = group.targets[index % len(group.targets)]
+        prompt = fill(template, phrase)
+        image_seed_value = image_seed(seed, group_index, index)
+        generator = torch.Generator("cpu").manual_seed(image_seed_value)
+        positions = phrase_token_positions(pipe.tokenizer, template, phrase)
+        image, concept_map = _generate(
+            pipe,
+            prompt,
+            generator,
+            recorder=ConceptAttentionAccumulator(positions, latent_size)
+            if provider.uses_attention
+            else None,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+        )
+        images.append(image)
+        image_masks.append(provider(image, phrase, concept_map).bool().cpu())
+        prompts.append(prompt)
+        phrases.append(phrase)
+        seeds.append(image_seed_value)
+        if progress is not None:
+            progress(index + 1, count)
+    return TrainingSet(
+        group=group,
+        images=torch.stack(images),
+        masks=torch.stack(image_masks),
+        prompts=prompts,
+        phrases=phrases,
+        seeds=seeds,
+        mask_provider=provider.name,
+    )
+
+
+def _generate(pipe, prompt, generator, *, recorder, **call_options):
+    """One image (3 x H x W in [0, 1]) and, with a recorder, the concept map of its generation."""
+    capture = (
+        capture_cross_attention(pipe.unet, recorder) if recorder is not None else nullcontext()
+    )
+    with capture:
+        output = pipe(prompt, generator=generator, output_type="pt", **call_options)
+    image = output.images[0].detach().float().cpu().clamp(0, 1)
+    return image, recorder.concept_map() if recorder is not None else None
