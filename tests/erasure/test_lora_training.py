@@ -11,14 +11,12 @@ from worker.erasure.attention_capture import capture_cross_attention
 from worker.erasure.concepts import ConceptGroup
 from worker.erasure.errors import ErasureCancelled, ErasureInputError
 from worker.erasure.layers import cross_attention_projections
+from worker.erasure.lora_files import LORA_WEIGHT_NAME, load_lora_factors, save_lora_factors
 from worker.erasure.lora_training import (
-    LORA_WEIGHT_NAME,
     LoraOptions,
     attention_suppression_loss,
     encode_training_latents,
-    load_lora_factors,
     save_concept_lora,
-    save_lora_factors,
     train_concept_lora,
 )
 from worker.erasure.templates import TEMPLATES, fill

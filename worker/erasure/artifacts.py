@@ -47,7 +47,7 @@ def build_manifest(root: Path, edit: CompactEdit, timings: dict[str, float]) -> 
 
 def write_erasure(result: ErasureResult, out_dir: str | Path) -> Path:
     """Write the output folder atomically; refuses to overwrite a non-empty folder."""
-    from .lora_training import save_lora_factors
+    from .lora_files import save_lora_factors
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):

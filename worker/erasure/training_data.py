@@ -15,6 +15,7 @@ from .concepts import ConceptGroup
 from .errors import ErasureCancelled, ErasureInputError
 from .masks import ConceptAttentionAccumulator, MaskProvider
 from .masks import mask_provider as provider_named
+from .pairing import TokenCounter, phrase_span
 from .templates import TRAINING_IMAGE_PROMPT, fill
 
 DEFAULT_IMAGES_PER_GROUP = 8
@@ -45,40 +46,9 @@ def _token_ids(tokenizer, text: str) -> list[int]:
 
 
 def phrase_token_positions(tokenizer, template: str, phrase: str) -> list[int]:
-    """Positions of the phrase's tokens in the padded token sequence of `fill(template, phrase)`.
-
-    Position 0 is the start token. CLIP's tokenizer splits on words and punctuation first, so the
-    prompt's tokens are the prefix's, then the phrase's, then the suffix's; that is checked, and
-    a tokenizer that merges across the boundary falls back to searching the phrase's tokens.
-
-    Args:
-        tokenizer: the pipeline's tokenizer.
-        template: a prompt template with one `{}`.
-        phrase: the concept phrase.
-    """
-    prefix, _, suffix = template.partition("{}")
-    prompt_ids = _token_ids(tokenizer, fill(template, phrase))
-    prefix_ids = _token_ids(tokenizer, fill(prefix, ""))
-    phrase_ids = _token_ids(tokenizer, fill(phrase, ""))
-    if prompt_ids == prefix_ids + phrase_ids + _token_ids(tokenizer, fill(suffix, "")):
-        start = len(prefix_ids)
-    else:
-        starts = [
-            i
-            for i in range(len(prompt_ids) - len(phrase_ids) + 1)
-            if prompt_ids[i : i + len(phrase_ids)] == phrase_ids
-        ]
-        if not starts:
-            raise ErasureInputError(f"cannot locate the tokens of {phrase!r} in {template!r}")
-        start = starts[0]
-    last_content = tokenizer.model_max_length - 2  # the final slot always holds the end token
-    positions = [1 + start + i for i in range(len(phrase_ids)) if 1 + start + i <= last_content]
-    if not positions:
-        raise ErasureInputError(
-            f"{phrase!r} falls beyond the tokenizer's {tokenizer.model_max_length} tokens "
-            f"in {fill(template, phrase)!r}"
-        )
-    return positions
+    """Positions (BOS = 0) of the phrase's tokens in the padded `fill(template, phrase)`."""
+    start, count = phrase_span(TokenCounter(tokenizer), template, phrase)
+    return list(range(start, start + count))
 
 
 def end_token_positions(tokenizer, prompt: str) -> list[int]:
