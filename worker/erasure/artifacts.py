@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from .edit import EDIT_FILE, MANIFEST_FILE, CompactEdit, file_sha256
 from .erase import ErasureResult
+from .lora_files import save_lora_factors
+from .staging import staged_folder
 
 LORA_DIR = "loras"
-LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def lora_folder_name(index: int, name: str) -> str:
@@ -47,14 +46,8 @@ def build_manifest(root: Path, edit: CompactEdit, timings: dict[str, float]) -> 
 
 def write_erasure(result: ErasureResult, out_dir: str | Path) -> Path:
     """Write the output folder atomically; refuses to overwrite a non-empty folder."""
-    from .lora_files import save_lora_factors
-
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose a new --out folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         result.edit.save(staging)
         concepts = result.edit.metadata.get("concepts", [])
         for index, factors in sorted(result.loras.items()):
@@ -63,10 +56,4 @@ def write_erasure(result: ErasureResult, out_dir: str | Path) -> Path:
         manifest = build_manifest(staging, result.edit, result.timings)
         manifest["lora_losses"] = {str(k): v for k, v in result.lora_losses.items()}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

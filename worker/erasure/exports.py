@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +27,7 @@ from .base_model import load_pipeline, resolve_model_path
 from .edit import CompactEdit, EditedUnet
 from .errors import ErasureInputError
 from .layers import cross_attention_projections
+from .staging import staged_folder
 
 EXPORT_FORMATS = ("diffusers", "unet-pt", "lora", "lora-kohya")
 UNET_FILE = "unet.pt"
@@ -88,7 +85,7 @@ def export_edit(
         )
     _check_lora_options(lora_rank, lora_tolerance)
     out = Path(out)
-    with _staged_folder(out) as staging:
+    with staged_folder(out) as staging:
         if fmt == "diffusers":
             details = _write_diffusers(base_model, edit, staging)
         elif fmt == "unet-pt":
@@ -182,23 +179,6 @@ def _check_lora_options(rank: int | None, tolerance: float) -> None:
         raise ErasureInputError(f"lora_tolerance must be in [0, 1), got {tolerance!r}")
 
 
-@contextmanager
-def _staged_folder(out: Path) -> Iterator[Path]:
-    """A temporary sibling of `out`, renamed to `out` if the block succeeds, deleted if not."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def _load_base_unet(base_model: str) -> torch.nn.Module:
     """Only the UNet: the other exports never touch the text encoder or the VAE."""
     from diffusers import UNet2DConditionModel
@@ -210,7 +190,7 @@ def _load_base_unet(base_model: str) -> torch.nn.Module:
 
 def _apply(unet: torch.nn.Module, edit: CompactEdit) -> None:
     try:
-        EditedUnet(unet).apply(edit)
+        EditedUnet.of(unet).apply(edit)
     except ValueError as exc:
         raise ErasureInputError(f"the edit does not fit this base model: {exc}") from exc
 
