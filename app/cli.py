@@ -39,51 +39,134 @@ def _engine(name: str):
         try:
             commands = importlib.import_module("worker.erasure.commands")
         except ImportError as exc:
-            sys.exit(f"mace {args.command} needs the engine: pip install 'mace-service[worker]' ({exc})")
+            sys.exit(
+                f"mace {args.command} needs the engine: pip install 'mace-service[worker]' ({exc})"
+            )
         return getattr(commands, name)(args)
 
     return run
 
 
 def _add_erase(sub) -> None:
-    p = sub.add_parser("erase", help="erase concepts from a model", description=ERASE_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "erase",
+        help="erase concepts from a model",
+        description=ERASE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="base model: local folder or cached HF id")
-    p.add_argument("--concept", action="append", required=True,
-                   help='one concept group, synonyms separated by commas (repeatable)')
-    p.add_argument("--kind", action="append", choices=["object", "person", "style", "explicit"],
-                   help="concept kind (default object); picks templates and defaults")
-    p.add_argument("--anchor", action="append",
-                   help='what the concept is mapped to (default by kind: "", "a person", "art", ...)')
+    p.add_argument(
+        "--concept",
+        action="append",
+        required=True,
+        help="one concept group, synonyms separated by commas (repeatable)",
+    )
+    p.add_argument(
+        "--kind",
+        action="append",
+        choices=["object", "person", "style", "explicit"],
+        help="concept kind (default object); picks templates and defaults",
+    )
+    p.add_argument(
+        "--anchor",
+        action="append",
+        help='what the concept is mapped to (default by kind: "", "a person", "art", ...)',
+    )
     p.add_argument("--stages", default="cfr,lora,fusion", help="subset of cfr,lora,fusion")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     tuning = p.add_argument_group("overrides of the kind's defaults")
     tuning.add_argument("--cfr-lambda", type=float, help="CFR ridge toward the base weights")
-    tuning.add_argument("--preservation-weight", type=float,
-                        help="weight of the preservation prompts, per token (1 = as much as the targets)")
+    tuning.add_argument(
+        "--preservation-weight",
+        type=float,
+        help="weight of the preservation prompts, per token (1 = as much as the targets)",
+    )
     tuning.add_argument("--preservation-prompts", help="text file, one preservation prompt a line")
-    tuning.add_argument("--fusion-lambda", type=float, default=0.1, help="fusion ridge (default 0.1)")
-    tuning.add_argument("--fusion-preservation-weight", type=float,
-                        help="preservation weight in fusion (default: --preservation-weight)")
+    tuning.add_argument(
+        "--fusion-lambda", type=float, default=0.1, help="fusion ridge (default 0.1)"
+    )
+    tuning.add_argument(
+        "--fusion-preservation-weight",
+        type=float,
+        help="preservation weight in fusion (default: --preservation-weight)",
+    )
     tuning.add_argument("--lora-rank", type=int, default=1, help="LoRA rank (default 1)")
     tuning.add_argument("--lora-lr", type=float, help="LoRA learning rate")
     tuning.add_argument("--lora-steps", type=int, help="LoRA training steps per group")
-    tuning.add_argument("--lora-batch-size", type=int, default=1, help="images per step (default 1)")
-    tuning.add_argument("--images-per-concept", type=int, default=8,
-                        help="training images generated per group (default 8)")
-    tuning.add_argument("--image-steps", type=int, default=30,
-                        help="sampling steps for training images (default 30)")
-    tuning.add_argument("--mask-provider", default="attention",
-                        help="attention (default), full or grounded-sam")
-    tuning.add_argument("--cfis", action=argparse.BooleanOptionalAction, default=None,
-                        help="concept-focal timestep sampling (default by kind)")
+    tuning.add_argument(
+        "--lora-batch-size", type=int, default=1, help="images per step (default 1)"
+    )
+    tuning.add_argument(
+        "--images-per-concept",
+        type=int,
+        default=8,
+        help="training images generated per group (default 8)",
+    )
+    tuning.add_argument(
+        "--image-steps",
+        type=int,
+        default=30,
+        help="sampling steps for training images (default 30)",
+    )
+    tuning.add_argument(
+        "--mask-provider", default="attention", help="attention (default), full or grounded-sam"
+    )
+    tuning.add_argument(
+        "--cfis",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="concept-focal timestep sampling (default by kind)",
+    )
     p.set_defaults(handler=_engine("erase"))
 
 
+def _catalog(name: str):
+    """A handler of `app.catalog_commands`, imported when run (the database stack is not light)."""
+
+    def run(args):
+        return getattr(importlib.import_module("app.catalog_commands"), name)(args)
+
+    return run
+
+
+def _add_catalog_commands(sub) -> None:
+    """`mace keys ...` and `mace base-models ...`, on the database of MACE_DATABASE_URL."""
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = keys_sub.add_parser("create", help="create a key; it is printed once, as the last line")
+    p.add_argument(
+        "--role",
+        required=True,
+        choices=["viewer", "operator", "admin"],
+        help="viewer: read; operator: also submit, cancel, generate; admin: all",
+    )
+    p.add_argument("--name", help="who or what the key is for")
+    p.set_defaults(handler=_catalog("keys_create"))
+    p = keys_sub.add_parser("revoke", help="revoke a key (requests with it get 401)")
+    p.add_argument("id", help="the key's id (from `mace keys list`)")
+    p.set_defaults(handler=_catalog("keys_revoke"))
+    p = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    p.set_defaults(handler=_catalog("keys_list"))
+
+    models = sub.add_parser("base-models", help="register and list base models")
+    models_sub = models.add_subparsers(dest="base_models_command", required=True, metavar="ACTION")
+    p = models_sub.add_parser("add", help="register a base model; hashes its files")
+    p.add_argument("name", help="the name requests use (base_model)")
+    p.add_argument(
+        "source",
+        help="a diffusers pipeline folder on this server, or a Hugging Face "
+        "id already in the local cache (nothing is downloaded)",
+    )
+    p.set_defaults(handler=_catalog("base_models_add"))
+    p = models_sub.add_parser("list", help="list registered base models")
+    p.set_defaults(handler=_catalog("base_models_list"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mace", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mace", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("tiny-model", help="build a tiny random-weight SD-1.x model (offline)")
@@ -103,20 +186,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
-    p.add_argument("--side-by-side", action="store_true",
-                   help="with --erased: the base model's image and the erased one's, same seed")
+    p.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="with --erased: the base model's image and the erased one's, same seed",
+    )
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(handler=_engine("generate"))
 
     p = sub.add_parser("export", help="export an erased model for other tools")
     p.add_argument("--erased", required=True, help="an erasure output folder")
-    p.add_argument("--format", required=True, choices=["diffusers", "unet-pt", "lora", "lora-kohya"],
-                   help="diffusers: pipeline folder; unet-pt: UNet state dict; lora / lora-kohya: "
-                   "low-rank approximation of the change (diffusers or ComfyUI/A1111 keys)")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["diffusers", "unet-pt", "lora", "lora-kohya"],
+        help="diffusers: pipeline folder; unet-pt: UNet state dict; lora / lora-kohya: "
+        "low-rank approximation of the change (diffusers or ComfyUI/A1111 keys)",
+    )
     p.add_argument("--out", required=True, help="output path")
     p.add_argument("--model", help="base model (default: the one the edit was made from)")
     p.add_argument("--lora-rank", type=int, help="LoRA export rank (default: smallest within 1%%)")
     p.set_defaults(handler=_engine("export"))
+
+    from app.serve import add_service_commands
+
+    add_service_commands(sub)
+    _add_catalog_commands(sub)
     return parser
 
 

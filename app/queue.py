@@ -22,13 +22,14 @@ def _broker(settings: Settings) -> tuple[str, dict]:
     if not settings.embedded_broker:
         return settings.BROKER_URL, options
     folder = settings.broker_folder
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     # kombu's filesystem transport: a real broker with no server, for the embedded default.
     options.update(
         data_folder_in=str(folder / "queue"),
         data_folder_out=str(folder / "queue"),
         processed_folder=str(folder / "processed"),
+        control_folder=str(folder / "control"),
         store_processed=False,
     )
     return "filesystem://", options

@@ -1,4 +1,4 @@
-"""Service settings from the environment (MACE_*); every default runs on a laptop with no services."""
+"""Service settings from the environment (MACE_*); every default runs on a laptop, no services."""
 
 from __future__ import annotations
 
@@ -29,8 +29,14 @@ class Settings(BaseSettings):
 
     # Longest job the broker waits for before redelivering an unacknowledged message.
     VISIBILITY_TIMEOUT_S: int = 6 * 3600
+    # A running job whose worker has not heartbeaten for this long may be taken over.
+    JOB_LEASE_S: float = 90.0
+    # Uploads and downloads of artifacts: attempts, and the first wait between them (doubling).
+    STORAGE_ATTEMPTS: int = 6
+    STORAGE_BACKOFF_S: float = 2.0
     GENERATE_TIMEOUT_S: float = 300.0
     PIPELINE_CACHE_SIZE: int = 2
+    EDIT_CACHE_SIZE: int = 8
 
     MAX_CONCEPT_GROUPS: int = 1000
     MAX_TARGETS_PER_GROUP: int = 16
@@ -41,7 +47,24 @@ class Settings(BaseSettings):
     MAX_IMAGES_PER_REQUEST: int = 8
     MAX_PROMPTS_PER_SET: int = 10000
 
-    API_KEY_PEPPER: str = Field(default="", description="optional server-side secret mixed into key hashes")
+    MAX_TAGS: int = 32
+    # Upper bounds of the engine options, so one request cannot hold a GPU for days.
+    MAX_LORA_RANK: int = 64
+    MAX_LORA_STEPS: int = 10000
+    MAX_IMAGES_PER_CONCEPT: int = 256
+
+    API_KEY_PEPPER: str = Field(
+        default="", description="optional server-side secret mixed into key hashes"
+    )
+
+    # The broker must answer fast: a submit is accepted (202) even when it is down.
+    BROKER_TIMEOUT_S: float = 1.5
+    # Re-dispatch of jobs whose message never reached the broker; 0 turns the loop off.
+    DISPATCH_INTERVAL_S: float = 2.0
+    DISPATCH_GRACE_S: float = 5.0
+    EXPORT_RETRY_AFTER_S: int = 10
+    # While an export is pending, repeated downloads do not enqueue it again.
+    EXPORT_PENDING_TTL_S: int = 900
 
     @property
     def database_url(self) -> str:
@@ -54,6 +77,10 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return self.BROKER_URL is None
+
+    @property
+    def edit_cache_folder(self) -> Path:
+        return (self.DATA_DIR / "cache" / "edits").resolve()
 
     @property
     def broker_folder(self) -> Path:

@@ -100,7 +100,9 @@ class S3Store:
             region_name=settings.S3_REGION,
             aws_access_key_id=settings.S3_ACCESS_KEY_ID,
             aws_secret_access_key=settings.S3_SECRET_ACCESS_KEY,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+            config=Config(
+                retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60
+            ),
         )
         threshold = settings.S3_MULTIPART_THRESHOLD_MB * 1024 * 1024
         self.transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=threshold)
@@ -114,22 +116,32 @@ class S3Store:
         digest = sha256_of(source)
         try:
             self.client.upload_file(
-                str(source), self.bucket, self._key(key), Config=self.transfer,
+                str(source),
+                self.bucket,
+                self._key(key),
+                Config=self.transfer,
                 ExtraArgs={"Metadata": {"sha256": digest}},
             )
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"upload of {key} failed: {exc}") from exc
-        if head["ContentLength"] != source.stat().st_size or head.get("Metadata", {}).get("sha256") != digest:
+        if (
+            head["ContentLength"] != source.stat().st_size
+            or head.get("Metadata", {}).get("sha256") != digest
+        ):
             raise StorageError(f"upload of {key} did not verify")
-        return StoredObject(key, f"s3://{self.bucket}/{self._key(key)}", head["ContentLength"], digest)
+        return StoredObject(
+            key, f"s3://{self.bucket}/{self._key(key)}", head["ContentLength"], digest
+        )
 
     def get_file(self, key: str, destination: Path, sha256: str | None = None) -> Path:
         from botocore.exceptions import BotoCoreError, ClientError
 
         destination.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.download_file(self.bucket, self._key(key), str(destination), Config=self.transfer)
+            self.client.download_file(
+                self.bucket, self._key(key), str(destination), Config=self.transfer
+            )
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"download of {key} failed: {exc}") from exc
         _verify(destination, sha256, key)
@@ -146,7 +158,8 @@ class S3Store:
 
     def presigned_url(self, key: str) -> str | None:
         return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key)},
             ExpiresIn=self.presign_seconds,
         )
 
@@ -188,4 +201,6 @@ def make_store(settings: Settings | None = None) -> LocalStore | S3Store:
         return LocalStore(Path(url.path))
     if url.scheme == "s3":
         return S3Store(url.netloc, url.path, settings)
-    raise ValueError(f"MACE_STORAGE_URL must be s3://bucket[/prefix] or file:///path, got {settings.storage_url}")
+    raise ValueError(
+        f"MACE_STORAGE_URL must be s3://bucket[/prefix] or file:///path, got {settings.storage_url}"
+    )

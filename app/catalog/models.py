@@ -1,11 +1,21 @@
-"""The catalog: base models, erased models with their lineage, artifacts, jobs, keys, prompt sets."""
+"""The catalog: base and erased models with lineage, artifacts, jobs, keys, prompt sets."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -50,7 +60,9 @@ class ErasedModel(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
     base_model: Mapped[BaseModel] = relationship()
-    artifacts: Mapped[list[Artifact]] = relationship(back_populates="model", order_by="Artifact.kind")
+    artifacts: Mapped[list[Artifact]] = relationship(
+        back_populates="model", order_by="Artifact.kind"
+    )
     metrics: Mapped[list[Metric]] = relationship(back_populates="model")
 
 

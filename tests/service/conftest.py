@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-POSTGRES_ADMIN_URL = os.environ.get("MACE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MACE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_DB = int(os.environ.get("MACE_TEST_REDIS_DB", "13"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +45,8 @@ def postgres_url():
     from sqlalchemy import create_engine, text
 
     name = f"mace_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # pool_pre_ping: test_faults restarts Postgres; the teardown must not get a dead connection.
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
@@ -52,8 +55,10 @@ def postgres_url():
     command.upgrade(config, "head")
     yield url
     with admin.connect() as conn:
-        conn.execute(text(f"""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                              WHERE datname = '{name}' AND pid <> pg_backend_pid()"""))
+        conn.execute(
+            text(f"""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                              WHERE datname = '{name}' AND pid <> pg_backend_pid()""")
+        )
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
     admin.dispose()
 
@@ -119,11 +124,65 @@ def service_env(tmp_path_factory, postgres_url, redis_url, s3_server):
         "MACE_VISIBILITY_TIMEOUT_S": "20",
         "MACE_CACHE_DIR": str(data_dir / "cache"),
     }
-    assert env["MACE_S3_ENDPOINT_URL"].startswith("http://127.0.0.1:"), "S3 tests only run on loopback"
+    assert env["MACE_S3_ENDPOINT_URL"].startswith("http://127.0.0.1:"), (
+        "S3 tests only run on loopback"
+    )
     import boto3
 
     boto3.client(
-        "s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=s3_server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     ).create_bucket(Bucket=bucket)
     return env
+
+
+def reset_service_caches() -> None:
+    """Forget the process-wide objects built from MACE_* (settings, engine, Celery app, store),
+    so the next use builds them from the current environment."""
+    from app.api.deps import get_store
+    from app.catalog.db import get_engine, session_factory
+    from app.queue import get_celery
+    from app.settings import get_settings
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()
+    for cache in (get_settings, get_engine, session_factory, get_celery, get_store):
+        cache.cache_clear()
+
+
+@pytest.fixture
+def api_env(monkeypatch, service_env):
+    """`service_env` in os.environ for an API in this process (re-dispatch loop off). Afterwards,
+    jobs the API left queued are cancelled and the queues emptied, so no later worker runs them."""
+    for name, value in service_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MACE_DISPATCH_INTERVAL_S", "0")
+    reset_service_caches()
+    yield service_env
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(service_env["MACE_DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(
+            text("""UPDATE erasure_jobs SET status = 'cancelled', cancel_requested = true
+                             WHERE status IN ('queued', 'running') AND api_key_id IS NOT NULL""")
+        )
+    engine.dispose()
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    client.delete("erase", "generate", "evaluate", *client.keys("mace:export-pending:*"))
+    reset_service_caches()
+
+
+@pytest.fixture
+def api(api_env):
+    """An `Api` (tests/service/api_support.py): the app on the test services, keys per role."""
+    from tests.service.api_support import Api
+
+    api = Api()
+    yield api
+    api.client.close()

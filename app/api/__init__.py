@@ -1,0 +1,1 @@
+"""The HTTP API: `app.api.main:app` (or `create_app()`)."""

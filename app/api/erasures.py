@@ -1,0 +1,96 @@
+"""`/erasures`: submit an erasure, follow it, cancel it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from app.catalog import erasures
+from app.dispatch import dispatch_erasure
+from app.errors import InvalidField
+from app.schemas.common import Limit, Offset
+from app.schemas.erasures import ErasureCreate, ErasureJobPublic, ErasureJobsPublic, JobStatus
+
+from .deps import OperatorKey, SessionDep, ViewerKey
+
+router = APIRouter(prefix="/erasures", tags=["erasures"])
+
+IDEMPOTENCY_KEY_LENGTH = 160
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ErasureJobPublic,
+    responses={
+        200: {"description": "a replay of an earlier submission with the same Idempotency-Key"},
+        409: {"description": "the Idempotency-Key was used for another request"},
+    },
+)
+def submit_erasure(
+    body: ErasureCreate,
+    db: SessionDep,
+    key: OperatorKey,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> ErasureJobPublic:
+    """Queue an erasure. The job is durable once this answers 202, even if the broker is down
+    (it is sent when the broker is back). Follow it at the `Location` header."""
+    if idempotency_key is not None and not _valid_idempotency_key(idempotency_key):
+        raise InvalidField(
+            ["header", "Idempotency-Key"],
+            f"use 1 to {IDEMPOTENCY_KEY_LENGTH} printable ASCII characters",
+        )
+    submission = erasures.submit_erasure(
+        db, request=body, api_key_id=key.id, idempotency_key=idempotency_key
+    )
+    job = submission.job
+    if submission.created:
+        dispatch_erasure(db, job.id)  # after the commit; on failure the job waits in the outbox
+        db.refresh(job)
+    else:
+        response.status_code = 200
+    response.headers["Location"] = f"/erasures/{job.id}"
+    return ErasureJobPublic.model_validate(job)
+
+
+def _valid_idempotency_key(value: str) -> bool:
+    return 0 < len(value) <= IDEMPOTENCY_KEY_LENGTH and value.isascii() and value.isprintable()
+
+
+@router.get("", response_model=ErasureJobsPublic)
+def list_erasures(
+    db: SessionDep,
+    _key: ViewerKey,
+    status: JobStatus | None = None,
+    offset: Annotated[Offset, Query()] = 0,
+    limit: Annotated[Limit, Query()] = 50,
+) -> ErasureJobsPublic:
+    """Jobs, newest first, optionally only those with `status`."""
+    page, count = erasures.list_erasures(db, status=status, offset=offset, limit=limit)
+    return ErasureJobsPublic(data=[ErasureJobPublic.model_validate(j) for j in page], count=count)
+
+
+@router.get("/{job_id}", response_model=ErasureJobPublic)
+def read_erasure(job_id: str, db: SessionDep, _key: ViewerKey) -> ErasureJobPublic:
+    """A job's status, stage, progress and timings; `model_id` once it succeeded."""
+    return ErasureJobPublic.model_validate(erasures.get_erasure(db, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=ErasureJobPublic,
+    responses={
+        202: {"description": "running: its worker stops at its next step"},
+        409: {"description": "the job already finished"},
+    },
+)
+def cancel_erasure(
+    job_id: str, db: SessionDep, _key: OperatorKey, response: Response
+) -> ErasureJobPublic:
+    """Cancel a queued job at once (200), or ask a running one to stop (202)."""
+    job = erasures.cancel_erasure(db, job_id)
+    if job.status == "running":
+        response.status_code = 202
+    return ErasureJobPublic.model_validate(job)

@@ -1,0 +1,76 @@
+"""The job row as an outbox: a submit while Redis is unreachable is accepted, and the job is sent
+once the broker is back."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from app.catalog.db import session_factory
+from app.dispatch import redispatch_pending
+from app.queue import get_celery
+from app.settings import get_settings
+from tests.service.api_support import Api, broker, concept_body
+
+
+def unreachable_redis_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"  # nothing listens there once the socket is closed
+
+
+def point_broker(monkeypatch, url: str) -> None:
+    monkeypatch.setenv("MACE_BROKER_URL", url)
+    get_settings.cache_clear()
+    get_celery.cache_clear()
+
+
+def test_submit_with_redis_down_is_accepted_then_redispatched(api, api_env, monkeypatch):
+    base = api.base_model()
+    api.key("operator")
+    broker().delete("erase")
+    point_broker(monkeypatch, unreachable_redis_url())
+
+    started = time.monotonic()
+    response = api.post("/erasures", json=concept_body(base.name))
+    assert time.monotonic() - started < 3  # the send fails fast instead of retrying
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    row = api.job(job_id)
+    assert (row.status, row.dispatched) == ("queued", False)
+    with session_factory()() as db:
+        assert redispatch_pending(db, grace_s=0) == 0  # still down: nothing sent, nothing lost
+    assert not api.job(job_id).dispatched
+
+    point_broker(monkeypatch, api_env["MACE_BROKER_URL"])
+    with session_factory()() as db:
+        assert redispatch_pending(db, grace_s=0) >= 1
+    assert api.job(job_id).dispatched
+    assert broker().llen("erase") >= 1
+    assert job_id.encode() in b"".join(broker().lrange("erase", 0, -1))
+
+
+def test_grace_period_leaves_fresh_jobs_alone(api, monkeypatch):
+    base = api.base_model()
+    point_broker(monkeypatch, unreachable_redis_url())
+    job_id = api.post("/erasures", json=concept_body(base.name)).json()["id"]
+    with session_factory()() as db:
+        assert redispatch_pending(db, grace_s=3600) == 0  # too fresh: its submit may still send
+    assert not api.job(job_id).dispatched
+
+
+def test_lifespan_loop_redispatches(api_env, monkeypatch):
+    monkeypatch.setenv("MACE_DISPATCH_INTERVAL_S", "0.2")
+    monkeypatch.setenv("MACE_DISPATCH_GRACE_S", "0")
+    point_broker(monkeypatch, unreachable_redis_url())
+    api = Api()
+    base = api.base_model()
+    job_id = api.post("/erasures", json=concept_body(base.name)).json()["id"]
+    assert not api.job(job_id).dispatched
+    with api.client:  # runs the lifespan, and with it the loop
+        point_broker(monkeypatch, api_env["MACE_BROKER_URL"])
+        deadline = time.monotonic() + 10
+        while not api.job(job_id).dispatched and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert api.job(job_id).dispatched

@@ -1,0 +1,43 @@
+"""The Celery tasks: thin wrappers that hand catalog ids and payloads to the job modules.
+
+Task names are the contract with the API (`app.queue`); the job id is the erase task's id.
+`worker.celery_worker` registers them on the app of `app.queue`; importing this module alone
+builds no Celery app.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.queue import ERASE_TASK, GENERATE_TASK
+from worker.erase_job import JobHeld, run_erasure_job
+from worker.export_job import export_model
+from worker.generation import generate
+
+EXPORT_TASK = "mace.export"  # routed to the erase queue (the default queue)
+DATABASE_RETRY_S = 15
+MAX_RETRIES = 100
+
+
+@shared_task(name=ERASE_TASK, bind=True, max_retries=MAX_RETRIES)
+def erase_task(self, job_id: str) -> dict:
+    """Run erasure job `job_id`; a job another worker holds is looked at again later."""
+    try:
+        return run_erasure_job(job_id)
+    except JobHeld as held:
+        raise self.retry(countdown=held.countdown) from held
+    except SQLAlchemyError as exc:
+        raise self.retry(exc=exc, countdown=DATABASE_RETRY_S) from exc
+
+
+@shared_task(name=GENERATE_TASK)
+def generate_task(**payload) -> dict:
+    """Images from a base or erased model (payload: see `worker.generation.generate`)."""
+    return generate(payload)
+
+
+@shared_task(name=EXPORT_TASK)
+def export_task(model_id: str, kind: str) -> dict:
+    """Export an erased model (`kind`: diffusers, unet-pt, lora, lora-kohya) as an artifact."""
+    return export_model(model_id, kind)
