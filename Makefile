@@ -18,13 +18,7 @@ $(BIN)/mace: pyproject.toml
 install: $(BIN)/mace
 
 demo: install
-	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(BIN)/mace tiny-model $(DEMO)/model
-	$(BIN)/mace erase --model $(DEMO)/model --concept "cat, kitten" --out $(DEMO)/erased-cat \
-		--images-per-concept 4 --image-steps 10
-	$(BIN)/mace generate --erased $(DEMO)/erased-cat --prompt "a photo of a cat" --side-by-side \
-		--out $(DEMO)/cat-before-after.png
-	@echo "before | after: $(DEMO)/cat-before-after.png"
+	$(BIN)/mace demo --out $(DEMO)
 
 test: install
 	$(BIN)/ruff check app worker tests bench

@@ -208,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, help="LoRA export rank (default: smallest within 1%%)")
     p.set_defaults(handler=_engine("export"))
 
+    from app.demo import add_demo_command
     from app.serve import add_service_commands
 
     add_service_commands(sub)
+    add_demo_command(sub)
     _add_catalog_commands(sub)
     return parser
 

@@ -20,13 +20,10 @@ from app.broker import broker_redis, fast_connection_options
 from app.catalog import jobs
 from app.catalog.db import session_factory
 from app.catalog.models import now
-from app.queue import ERASE_TASK, QUEUES, get_celery
+from app.queue import ERASE_TASK, EXPORT_TASK, QUEUES, get_celery
 from app.settings import get_settings
 
 logger = logging.getLogger(__name__)
-
-EXPORT_TASK = "mace.export"  # registered by the worker; runs on the erase queue
-EXPORT_QUEUE = "erase"
 
 
 def send(
@@ -138,7 +135,7 @@ def request_export(model_id: str, kind: str) -> str | None:
         with contextlib.suppress(OSError):  # a file result backend has nothing to delete
             AsyncResult(task_id, app=get_celery()).forget()
     try:
-        send(EXPORT_TASK, queue=EXPORT_QUEUE, args=[model_id, kind], task_id=task_id)
+        send(EXPORT_TASK, queue=QUEUES[EXPORT_TASK], args=[model_id, kind], task_id=task_id)
     except Exception:
         if client is not None:
             client.delete(marker)

@@ -14,7 +14,13 @@ from app.settings import Settings, get_settings
 ERASE_TASK = "mace.erase"
 EVALUATE_TASK = "mace.evaluate"
 GENERATE_TASK = "mace.generate"
-QUEUES = {ERASE_TASK: "erase", EVALUATE_TASK: "evaluate", GENERATE_TASK: "generate"}
+EXPORT_TASK = "mace.export"
+QUEUES = {
+    ERASE_TASK: "erase",
+    EVALUATE_TASK: "evaluate",
+    GENERATE_TASK: "generate",
+    EXPORT_TASK: "erase",  # exports are heavy model work, like erasures
+}
 
 
 def _broker(settings: Settings) -> tuple[str, dict]:

@@ -29,6 +29,17 @@ def add_service_commands(sub) -> None:
     )
     p.set_defaults(handler=serve)
 
+    p = sub.add_parser(
+        "migrate", help="bring the catalog's schema up to date (alembic upgrade head)"
+    )
+    p.set_defaults(handler=lambda args: migrate() or 0)
+
+    p = sub.add_parser("api", help="run the API alone (production: workers run elsewhere)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+    p.set_defaults(handler=api)
+
     p = sub.add_parser("worker", help="run a Celery worker for erasure, evaluation and images")
     p.add_argument("-Q", "--queues", default=ALL_QUEUES, help=f"queues (default {ALL_QUEUES})")
     p.add_argument(
@@ -88,6 +99,21 @@ def migrate() -> None:
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = settings.database_url
     command.upgrade(config, "head")
+
+
+def api(args) -> int:
+    """The API server alone; the schema is migrated by a separate step (`alembic upgrade head`)."""
+    import uvicorn
+
+    uvicorn.run(
+        "app.api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+    )
+    return 0
 
 
 def serve(args) -> int:

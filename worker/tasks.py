@@ -10,12 +10,11 @@ from __future__ import annotations
 from celery import shared_task
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.queue import ERASE_TASK, GENERATE_TASK
+from app.queue import ERASE_TASK, EXPORT_TASK, GENERATE_TASK
 from worker.erase_job import JobHeld, run_erasure_job
 from worker.export_job import export_model
 from worker.generation import generate
 
-EXPORT_TASK = "mace.export"  # routed to the erase queue (the default queue)
 DATABASE_RETRY_S = 15
 MAX_RETRIES = 100
 

@@ -61,7 +61,7 @@ class GenerateRequest(BaseModel):
 
 
 class GeneratedImages(BaseModel):
-    """Several images, base64-encoded PNGs, in the order of their seeds (seed, seed + 1, ...)."""
+    """Several images, base64-encoded PNGs, all drawn from one generator seeded with `seed`."""
 
     images: list[str]
     seconds: float | None = None

@@ -17,12 +17,11 @@ from sqlalchemy import select
 from app.artifacts import object_key
 from app.catalog import jobs
 from app.catalog.models import Artifact, BaseModel
-from app.queue import GENERATE_TASK
+from app.queue import EXPORT_TASK, GENERATE_TASK
 from tests.service.worker_support import Bucket, Catalog, WorkerProcess
 from worker.erasure.base_model import load_pipeline
 from worker.erasure.edit import CompactEdit, EditedUnet
 from worker.erasure.generate import generate_images
-from worker.tasks import EXPORT_TASK
 
 
 @pytest.fixture(scope="module")
