@@ -118,6 +118,12 @@ def _add_erase(sub) -> None:
         default=None,
         help="concept-focal timestep sampling (default by kind)",
     )
+    tuning.add_argument(
+        "--lora-file",
+        action="append",
+        help="a LoRA safetensors file (diffusers or kohya keys) per --concept, in order: "
+        "fused in closed form instead of training one",
+    )
     p.set_defaults(handler=_engine("erase"))
 
 

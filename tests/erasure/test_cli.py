@@ -109,3 +109,44 @@ def test_generate_refuses_an_edit_of_another_base(tmp_path, tiny_model_dir, caps
     assert code == 2
     assert "give the base it was made from" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_lora_files_a_user_brings_are_fused_not_trained(tmp_path, tiny_model_dir):
+    import torch
+
+    from worker.erasure.base_model import load_pipeline
+    from worker.erasure.edit import CompactEdit
+    from worker.erasure.layers import cross_attention_projections
+    from worker.erasure.lora_files import save_lora_factors
+
+    names = cross_attention_projections(load_pipeline(str(tiny_model_dir)).unet)
+    generator = torch.Generator().manual_seed(0)
+    factors = {  # a file that only touches to_k, as LoRAs from elsewhere may
+        n: (
+            torch.randn(m.weight.shape[0], 2, generator=generator) * 0.1,
+            torch.randn(2, m.weight.shape[1], generator=generator),
+        )
+        for n, m in names.items()
+        if n.endswith("to_k")
+    }
+    save_lora_factors(factors, tmp_path / "brought")
+    out = tmp_path / "fused"
+    code = main(
+        [
+            "erase",
+            "--model",
+            str(tiny_model_dir),
+            "--concept",
+            "cat",
+            "--out",
+            str(out),
+            "--lora-file",
+            str(tmp_path / "brought" / "pytorch_lora_weights.safetensors"),
+        ]
+    )
+    assert code == 0
+    edit = CompactEdit.load(out)
+    assert set(edit.factors) == set(factors)
+    assert all(edit.factors[n][0].shape[1] == 2 for n in factors)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["lora_losses"] == {}  # nothing was trained

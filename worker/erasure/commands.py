@@ -117,9 +117,10 @@ def erase(args) -> int:
     identity = model_identity(args.model)
     pipe = load_pipeline(args.model)
     validate_request(pipe.tokenizer, groups, options)
+    brought = _lora_files(args, pipe)
     bars = StageBars()
     try:
-        result = run_erasure(pipe, identity, groups, options, progress=bars)
+        result = run_erasure(pipe, identity, groups, options, progress=bars, trained_loras=brought)
     finally:
         bars.close()
     write_erasure(result, out)
@@ -128,6 +129,19 @@ def erase(args) -> int:
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"erased {len(groups)} concept group(s) in {timings}; wrote {out}")
     return 0
+
+
+def _lora_files(args, pipe) -> dict:
+    """LoRA files a user brings, one per --concept, fused instead of trained."""
+    from .layers import cross_attention_projections
+    from .lora_files import load_lora_factors
+
+    if not args.lora_file:
+        return {}
+    if len(args.lora_file) != len(args.concept):
+        raise ErasureInputError(f"give --lora-file once per --concept ({len(args.concept)})")
+    names = list(cross_attention_projections(pipe.unet))
+    return {i: load_lora_factors(path, names) for i, path in enumerate(args.lora_file)}
 
 
 def _erased_pipeline(model: str | None, erased: str | None):

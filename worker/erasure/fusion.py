@@ -51,22 +51,21 @@ def fuse_loras(
     """
     width = transform.shape[0]
     gram_sum = torch.zeros(width, width, dtype=torch.float64)
-    projected: dict[str, list[torch.Tensor]] = {name: [] for name in loras[0]} if loras else {}
+    ups: dict[str, list[torch.Tensor]] = {name: [] for name in _matrix_names(loras)}
+    projected: dict[str, list[torch.Tensor]] = {name: [] for name in ups}
     token_count = 0
     for lora, gram in zip(loras, grams, strict=True):
         gram_sum += gram.total
         token_count += gram.count
-        for name, (_, down) in lora.items():
+        for name, (up, down) in lora.items():  # a LoRA file may leave some matrices out
+            ups[name].append(up.double())
             projected[name].append(down.double() @ gram.total)
     eye = torch.eye(width, dtype=torch.float64)
     preserved = weighted_preservation(preservation, preservation_weight, token_count)
     factor = SpdFactor(gram_sum + fusion_lambda * eye + preserved)
     shared = factor.solve_right(transform.double() @ (gram_sum + fusion_lambda * eye) + preserved)
     factors = {
-        name: (
-            torch.cat([lora[name][0].double() for lora in loras], dim=1),
-            factor.solve_right(torch.cat(rows)),
-        )
+        name: (torch.cat(ups[name], dim=1), factor.solve_right(torch.cat(rows)))
         for name, rows in projected.items()
     }
     return FusedEdit(shared, factors, factor.ridge)
@@ -74,12 +73,16 @@ def fuse_loras(
 
 def stack_unfused(transform: torch.Tensor, loras: Sequence[LoraFactors]) -> FusedEdit:
     """Without stage 3: W' + sum_i up_i down_i, the LoRAs simply added (same compact form)."""
-    names = loras[0].keys() if loras else ()
     factors = {
         name: (
-            torch.cat([lora[name][0].double() for lora in loras], dim=1),
-            torch.cat([lora[name][1].double() for lora in loras], dim=0),
+            torch.cat([lora[name][0].double() for lora in loras if name in lora], dim=1),
+            torch.cat([lora[name][1].double() for lora in loras if name in lora], dim=0),
         )
-        for name in names
+        for name in _matrix_names(loras)
     }
     return FusedEdit(transform.double(), factors)
+
+
+def _matrix_names(loras: Sequence[LoraFactors]) -> list[str]:
+    """Every matrix any group's LoRA touches, in first-seen order."""
+    return list(dict.fromkeys(name for lora in loras for name in lora))
