@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/mace demo --out $(DEMO)
 
 test: install
-	$(BIN)/ruff check app worker tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: install
