@@ -186,3 +186,25 @@ def api(api_env):
     api = Api()
     yield api
     api.client.close()
+
+
+# Worker tests: the catalog, the bucket and the registered tiny model, per test module.
+@pytest.fixture(scope="module")
+def catalog(service_env):
+    from tests.service.worker_support import Catalog
+
+    catalog = Catalog(service_env)
+    yield catalog
+    catalog.dispose()
+
+
+@pytest.fixture(scope="module")
+def bucket(service_env):
+    from tests.service.worker_support import Bucket
+
+    return Bucket(service_env)
+
+
+@pytest.fixture(scope="module")
+def base(catalog, tiny_model_dir):
+    return catalog.register_base(tiny_model_dir)

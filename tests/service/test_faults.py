@@ -13,25 +13,8 @@ from sqlalchemy import func, select
 from app.artifacts import object_key
 from app.catalog.models import Artifact
 from tests.service.conftest import wait_for_port
-from tests.service.worker_support import Bucket, Catalog, WorkerProcess
+from tests.service.worker_support import WorkerProcess
 from worker.lora_checkpoints import checkpoint_key
-
-
-@pytest.fixture(scope="module")
-def catalog(service_env):
-    catalog = Catalog(service_env)
-    yield catalog
-    catalog.dispose()
-
-
-@pytest.fixture(scope="module")
-def bucket(service_env):
-    return Bucket(service_env)
-
-
-@pytest.fixture(scope="module")
-def base(catalog, tiny_model_dir):
-    return catalog.register_base(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

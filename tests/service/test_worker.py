@@ -18,27 +18,10 @@ from app.artifacts import object_key
 from app.catalog import jobs
 from app.catalog.models import Artifact, BaseModel
 from app.queue import EXPORT_TASK, GENERATE_TASK
-from tests.service.worker_support import Bucket, Catalog, WorkerProcess
+from tests.service.worker_support import WorkerProcess
 from worker.erasure.base_model import load_pipeline
 from worker.erasure.edit import CompactEdit, EditedUnet
 from worker.erasure.generate import generate_images
-
-
-@pytest.fixture(scope="module")
-def catalog(service_env):
-    catalog = Catalog(service_env)
-    yield catalog
-    catalog.dispose()
-
-
-@pytest.fixture(scope="module")
-def bucket(service_env):
-    return Bucket(service_env)
-
-
-@pytest.fixture(scope="module")
-def base(catalog, tiny_model_dir):
-    return catalog.register_base(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
