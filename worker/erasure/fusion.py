@@ -51,23 +51,22 @@ def fuse_loras(
     """
     width = transform.shape[0]
     gram_sum = torch.zeros(width, width, dtype=torch.float64)
-    ups: dict[str, list[torch.Tensor]] = {name: [] for name in _matrix_names(loras)}
-    projected: dict[str, list[torch.Tensor]] = {name: [] for name in ups}
+    ups, projected = _stacked_buffers(loras, width)
+    offsets = dict.fromkeys(ups, 0)
     token_count = 0
     for lora, gram in zip(loras, grams, strict=True):
         gram_sum += gram.total
         token_count += gram.count
         for name, (up, down) in lora.items():  # a LoRA file may leave some matrices out
-            ups[name].append(up.double())
-            projected[name].append(down.double() @ gram.total)
+            rows = slice(offsets[name], offsets[name] + down.shape[0])
+            ups[name][:, rows] = up
+            torch.mm(down.double(), gram.total, out=projected[name][rows])
+            offsets[name] = rows.stop
     eye = torch.eye(width, dtype=torch.float64)
     preserved = weighted_preservation(preservation, preservation_weight, token_count)
     factor = SpdFactor(gram_sum + fusion_lambda * eye + preserved)
     shared = factor.solve_right(transform.double() @ (gram_sum + fusion_lambda * eye) + preserved)
-    factors = {
-        name: (torch.cat(ups[name], dim=1), factor.solve_right(torch.cat(rows)))
-        for name, rows in projected.items()
-    }
+    factors = {name: (ups[name], factor.solve_right(rows)) for name, rows in projected.items()}
     return FusedEdit(shared, factors, factor.ridge)
 
 
@@ -81,6 +80,21 @@ def stack_unfused(transform: torch.Tensor, loras: Sequence[LoraFactors]) -> Fuse
         for name in _matrix_names(loras)
     }
     return FusedEdit(transform.double(), factors)
+
+
+def _stacked_buffers(
+    loras: Sequence[LoraFactors], width: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """U (d_out x total rank) and the rows down_i G_i (total rank x d_in), per matrix, allocated
+    once: small per-group results kept between the groups' multi-MB temporaries would fragment
+    the heap, which then grows by about a Gram matrix per group."""
+    ups, projected = {}, {}
+    for name in _matrix_names(loras):
+        present = [lora[name] for lora in loras if name in lora]
+        rank = sum(down.shape[0] for _, down in present)
+        ups[name] = torch.empty(present[0][0].shape[0], rank, dtype=torch.float64)
+        projected[name] = torch.empty(rank, width, dtype=torch.float64)
+    return ups, projected
 
 
 def _matrix_names(loras: Sequence[LoraFactors]) -> list[str]:
