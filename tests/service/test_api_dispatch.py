@@ -74,3 +74,23 @@ def test_lifespan_loop_redispatches(api_env, monkeypatch):
         while not api.job(job_id).dispatched and time.monotonic() < deadline:
             time.sleep(0.1)
     assert api.job(job_id).dispatched
+
+
+def test_kept_broker_connection_recovers_after_the_server_drops_it(api):
+    base = api.base_model()
+    api.key("operator")
+    redis = broker()
+    redis.delete("erase")
+    first = api.post("/erasures", json=concept_body(base.name)).json()["id"]
+    assert api.job(first).dispatched
+    own_id = redis.client_id()
+    db = redis.connection_pool.connection_kwargs.get("db", 0)
+    dropped = [c["id"] for c in redis.client_list() if c["db"] == str(db) and c["id"] != str(own_id)]
+    assert dropped  # the API's kept connection, as after a broker restart
+    for client_id in dropped:
+        redis.client_kill_filter(_id=client_id)
+
+    second = api.post("/erasures", json=concept_body(base.name, seed=2)).json()["id"]
+    assert api.job(second).dispatched
+    queued = b"".join(redis.lrange("erase", 0, -1))
+    assert first.encode() in queued and second.encode() in queued
