@@ -92,12 +92,19 @@ def _release(connection) -> None:
         connection.release()
 
 
-def dispatch_erasure(db: Session, job_id: str) -> bool:
-    """Send a committed job and mark it dispatched; False when the broker is down."""
+def send_erasure(job_id: str) -> bool:
+    """Send a committed job's message; False (and a warning) when the broker is down."""
     try:
         send(ERASE_TASK, queue=QUEUES[ERASE_TASK], args=[job_id], task_id=job_id)
     except Exception as exc:  # kombu, redis and socket errors alike: the row stays in the outbox
         logger.warning("job %s not dispatched, the broker is unreachable: %s", job_id, exc)
+        return False
+    return True
+
+
+def dispatch_erasure(db: Session, job_id: str) -> bool:
+    """Send a committed job and mark it dispatched; False when the broker is down."""
+    if not send_erasure(job_id):
         return False
     jobs.mark_dispatched(db, job_id)
     return True

@@ -49,7 +49,7 @@ def current_key(
 def require(role: str) -> Callable[[ApiKey], ApiKey]:
     """A dependency admitting keys of `role` or a higher one."""
 
-    def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+    async def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:  # no I/O: no thread
         if not role_allows(key.role, role):
             raise Forbidden(f"this needs a key with the {role} role; yours is {key.role}")
         return key

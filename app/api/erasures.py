@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app.catalog import erasures
-from app.dispatch import dispatch_erasure
+from app.catalog import erasures, jobs
+from app.dispatch import send_erasure
 from app.errors import InvalidField
 from app.schemas.common import Limit, Offset
 from app.schemas.erasures import ErasureCreate, ErasureJobPublic, ErasureJobsPublic, JobStatus
@@ -47,8 +47,8 @@ def submit_erasure(
     )
     job = submission.job
     if submission.created:
-        dispatch_erasure(db, job.id)  # after the commit; on failure the job waits in the outbox
-        db.refresh(job)
+        if send_erasure(job.id):  # after the commit; on failure the job waits in the outbox
+            jobs.mark_loaded_job_dispatched(db, job)
     else:
         response.status_code = 200
     response.headers["Location"] = f"/erasures/{job.id}"

@@ -109,6 +109,12 @@ def mark_dispatched(db: Session, job_id: str) -> None:
     db.commit()
 
 
+def mark_loaded_job_dispatched(db: Session, job: ErasureJob) -> None:
+    """`mark_dispatched` for a job the session holds: one UPDATE, and the object stays current."""
+    job.dispatched = True
+    db.commit()
+
+
 def undispatched(db: Session, older_than: datetime, limit: int = 100) -> list[str]:
     """Queued jobs whose message never reached the broker (it was down at submit)."""
     return list(
