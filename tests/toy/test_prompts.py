@@ -1,0 +1,71 @@
+"""The grammar: every concept and every surface form is said, and prompts name what is drawn."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+
+from worker.toy.prompts import (
+    CONCEPTS,
+    OBJECT_FORMS,
+    STYLE_FORMS,
+    concept,
+    concept_prompts,
+    training_captions,
+    training_examples,
+)
+from worker.toy.world import BACKGROUNDS, COLOURS, OBJECTS, STYLE_NAMES
+
+
+def _says(prompt: str, form: str) -> bool:
+    return re.search(rf"\b{re.escape(form)}\b", prompt) is not None
+
+
+def test_concepts_cover_the_world_with_synonyms():
+    assert [c.name for c in CONCEPTS if c.kind == "object"] == list(OBJECTS)
+    assert [c.name for c in CONCEPTS if c.kind == "style"] == list(STYLE_NAMES)
+    assert len(CONCEPTS) >= 40
+    assert sum(c.has_synonyms for c in CONCEPTS) >= 10
+    forms = [f for c in CONCEPTS for f in c.surface_forms]
+    context = list(COLOURS) + list(BACKGROUNDS)
+    assert len(forms) == len(set(forms)), "a surface form names two concepts"
+    for form, other in itertools.permutations(forms + context, 2):
+        assert not _says(other, form), f"{form!r} is a word of {other!r}"
+
+
+def test_training_captions_say_every_surface_form_and_name_the_drawn_object():
+    seen = set()
+    for prompt, labels in itertools.islice(training_captions(seed=0), 6000):
+        object_forms = [f for f in OBJECT_FORMS[labels.object] if _says(prompt, f)]
+        assert object_forms, prompt
+        seen.update(object_forms)
+        seen.update(f for f in STYLE_FORMS[labels.style] if _says(prompt, f))
+        for name, forms in {**OBJECT_FORMS, **STYLE_FORMS}.items():
+            if name not in (labels.object, labels.style):
+                assert not any(_says(prompt, f) for f in forms), (prompt, labels)
+        if _says(prompt, labels.colour):
+            assert not any(_says(prompt, c) for c in COLOURS if c != labels.colour)
+    assert seen == {f for c in CONCEPTS for f in c.surface_forms}
+
+
+def test_training_examples_are_seeded():
+    first = list(itertools.islice(training_examples(seed=5), 3))
+    again = list(itertools.islice(training_examples(seed=5), 3))
+    other = list(itertools.islice(training_examples(seed=6), 3))
+    assert [e.prompt for e in first] == [e.prompt for e in again]
+    assert all(
+        np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        for a, b in zip(first, again, strict=True)
+    )
+    assert [e.prompt for e in first] != [e.prompt for e in other]
+
+
+def test_concept_prompts_use_the_requested_form_and_label():
+    for prompt, labels in concept_prompts("checkered", 20, seed=1, form="checkerboard"):
+        assert _says(prompt, "checkerboard") and labels.style == "checkered"
+    for prompt, labels in concept_prompts("lightning", 20, seed=1):
+        assert labels.object == "lightning"
+        assert any(_says(prompt, f) for f in concept("lightning").surface_forms)
+    assert concept_prompts("star", 5, seed=2) == concept_prompts("star", 5, seed=2)
