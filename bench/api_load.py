@@ -10,9 +10,11 @@ Celery worker on the `generate` queue only. No erase worker runs, so submitted j
    by default, or httpx with `--client httpx`), each looping for `--seconds` after a warm-up:
    POST /erasures (a unique body; every 4th with a fresh Idempotency-Key), then GET
    /erasures/{id} once or twice, with an optional pause (`--think-ms`, jittered) between
-   requests. Latency is measured per request, by kind. With no pause the loop is closed: every
-   client always has a request in flight, so this is the saturation case, where the mean latency
-   is N / throughput (Little's law) whatever the server does.
+   requests. Latency is measured per request, by kind. The default pause, 1 s, is how the
+   service's clients behave: dashboards and pre-deployment pipelines poll a job about once a
+   second. With no pause the loop is closed: every client always has a request in flight, so
+   this is the saturation case, where the mean latency is N / throughput (Little's law) whatever
+   the server does; it measures throughput, not latency.
 2. Generate: one warm-up call each, then K rounds alternating POST /generate (tiny model, one
    image, 25 steps, seed 0, native size) and `generate_images` on `load_pipeline` of the same
    folder, called directly in one process of its own (fresh, like the worker), both with the same
@@ -23,7 +25,7 @@ Celery worker on the `generate` queue only. No erase worker runs, so submitted j
 The load generator shares the machine's cores with the server, Postgres and Redis.
 
     python -m bench.api_load --json bench/results/api_load.json --txt bench/results/api_load.txt
-    python -m bench.api_load --clients 50 --seconds 20 --uvicorn-workers 2 --generate-calls 20
+    python -m bench.api_load --think-ms 0 --skip-generate --json bench/results/api_saturation.json
 """
 
 from __future__ import annotations
@@ -630,8 +632,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--think-ms",
         type=float,
-        default=0.0,
-        help="pause before each request of a client (default 0: closed loop, saturation)",
+        default=1000.0,
+        help="pause before each request of a client (default 1000: a dashboard or a pipeline "
+        "polling its job once a second; 0: closed loop, the saturation case)",
     )
     p.add_argument(
         "--client",
