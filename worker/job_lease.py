@@ -17,14 +17,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.catalog import jobs
 from app.catalog.db import session_factory
-from app.catalog.models import ErasureJob, now
+from app.catalog.models import ErasureJob, JobState, now
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5
 CANCEL_POLL_S = 1.0
 
-# Share of the overall progress per stage; stages a job skips are left out and the rest rescaled.
+# Share of the overall progress per stage of an erasure; stages a job skips are left out and the
+# rest rescaled.
 STAGE_WEIGHTS = {
     "load": 0.05,
     "preservation": 0.05,
@@ -39,11 +40,18 @@ OPTIONAL_STAGES = ("cfr", "lora", "fusion")
 class JobLease:
     """Progress, heartbeat and cancellation of one job owned by `worker`."""
 
-    def __init__(self, job_id: str, worker: str, *, stages, lease_s: float):
-        self.job_id, self.worker = job_id, worker
-        self.weights = {
-            s: w for s, w in STAGE_WEIGHTS.items() if s not in OPTIONAL_STAGES or s in stages
-        }
+    def __init__(
+        self,
+        job_id: str,
+        worker: str,
+        *,
+        stages,
+        lease_s: float,
+        weights: dict[str, float] = STAGE_WEIGHTS,
+        table: type[JobState] = ErasureJob,
+    ):
+        self.job_id, self.worker, self.table = job_id, worker, table
+        self.weights = {s: w for s, w in weights.items() if s not in OPTIONAL_STAGES or s in stages}
         self.heartbeat_s = max(1.0, min(10.0, lease_s / 3))
         self.lost = threading.Event()
         self.timings: dict[str, float] = {}
@@ -92,7 +100,7 @@ class JobLease:
         if not requested and time.monotonic() - checked_at >= CANCEL_POLL_S:
             try:
                 with session_factory()() as db:
-                    requested = jobs.cancel_requested(db, self.job_id)
+                    requested = jobs.cancel_requested(db, self.job_id, table=self.table)
             except SQLAlchemyError as exc:  # the database is down for a moment: keep working
                 logger.warning("job %s: cancel check failed: %s", self.job_id, exc)
             self._cancel = (time.monotonic(), requested)
@@ -103,11 +111,11 @@ class JobLease:
         try:
             with session_factory()() as db:
                 db.execute(
-                    update(ErasureJob)
+                    update(self.table)
                     .where(
-                        ErasureJob.id == self.job_id,
-                        ErasureJob.status == "running",
-                        ErasureJob.worker == self.worker,
+                        self.table.id == self.job_id,
+                        self.table.status == "running",
+                        self.table.worker == self.worker,
                     )
                     .values(error=message[:2000], heartbeat_at=now())
                 )
@@ -119,7 +127,9 @@ class JobLease:
         self._last_write = time.monotonic()
         try:
             with session_factory()() as db:
-                owned = jobs.heartbeat(db, self.job_id, worker=self.worker, **values)
+                owned = jobs.heartbeat(
+                    db, self.job_id, worker=self.worker, table=self.table, **values
+                )
         except SQLAlchemyError as exc:
             logger.warning("job %s: progress not recorded: %s", self.job_id, exc)
             return

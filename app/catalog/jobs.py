@@ -1,5 +1,7 @@
 """Job state transitions. Every transition is a conditional UPDATE, so two workers (a redelivered
-message, a retry) can never both own a job, and a finished job never changes again."""
+message, a retry) can never both own a job, and a finished job never changes again.
+
+Every function works on any job table (`ErasureJob`, the default, or `EvaluationJob`)."""
 
 from __future__ import annotations
 
@@ -8,38 +10,47 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from .models import ErasureJob, now
+from .models import ErasureJob, JobState, now
+
+JobTable = type[JobState]
 
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
 LEASE = timedelta(seconds=90)  # a running job whose worker is silent this long may be taken over
 
 
-def claim(db: Session, job_id: str, *, worker: str, lease: timedelta = LEASE) -> ErasureJob | None:
+def claim(
+    db: Session,
+    job_id: str,
+    *,
+    worker: str,
+    lease: timedelta = LEASE,
+    table: JobTable = ErasureJob,
+) -> JobState | None:
     """queued -> running, or take over a running job whose worker stopped heartbeating."""
     moment = now()
     result = db.execute(
-        update(ErasureJob)
+        update(table)
         .where(
-            ErasureJob.id == job_id,
-            ErasureJob.cancel_requested.is_(False),
+            table.id == job_id,
+            table.cancel_requested.is_(False),
             or_(
-                ErasureJob.status == "queued",
-                (ErasureJob.status == "running") & (ErasureJob.heartbeat_at < moment - lease),
+                table.status == "queued",
+                (table.status == "running") & (table.heartbeat_at < moment - lease),
             ),
         )
         .values(
             status="running",
             worker=worker,
             heartbeat_at=moment,
-            attempts=ErasureJob.attempts + 1,
+            attempts=table.attempts + 1,
             started_at=moment,
             error=None,
         )
         .execution_options(synchronize_session=False)
     )
     db.commit()
-    return db.get(ErasureJob, job_id, populate_existing=True) if result.rowcount == 1 else None
+    return db.get(table, job_id, populate_existing=True) if result.rowcount == 1 else None
 
 
 def heartbeat(
@@ -50,6 +61,7 @@ def heartbeat(
     stage: str | None = None,
     progress: float | None = None,
     stage_timings: dict | None = None,
+    table: JobTable = ErasureJob,
 ) -> bool:
     """Record progress while this worker owns the job; False when it no longer does."""
     values: dict = {"heartbeat_at": now()}
@@ -60,8 +72,8 @@ def heartbeat(
     if stage_timings is not None:
         values["stage_timings"] = stage_timings
     result = db.execute(
-        update(ErasureJob)
-        .where(ErasureJob.id == job_id, ErasureJob.status == "running", ErasureJob.worker == worker)
+        update(table)
+        .where(table.id == job_id, table.status == "running", table.worker == worker)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
@@ -69,16 +81,18 @@ def heartbeat(
     return result.rowcount == 1
 
 
-def cancel_requested(db: Session, job_id: str) -> bool:
-    return bool(db.scalar(select(ErasureJob.cancel_requested).where(ErasureJob.id == job_id)))
+def cancel_requested(db: Session, job_id: str, *, table: JobTable = ErasureJob) -> bool:
+    return bool(db.scalar(select(table.cancel_requested).where(table.id == job_id)))
 
 
-def finish(db: Session, job_id: str, *, worker: str, status: str, **values) -> bool:
+def finish(
+    db: Session, job_id: str, *, worker: str, status: str, table: JobTable = ErasureJob, **values
+) -> bool:
     """running -> succeeded | failed | cancelled, only by the worker that owns the job."""
     assert status in FINAL
     result = db.execute(
-        update(ErasureJob)
-        .where(ErasureJob.id == job_id, ErasureJob.status == "running", ErasureJob.worker == worker)
+        update(table)
+        .where(table.id == job_id, table.status == "running", table.worker == worker)
         .values(status=status, finished_at=now(), **values)
         .execution_options(synchronize_session=False)
     )
@@ -86,43 +100,45 @@ def finish(db: Session, job_id: str, *, worker: str, status: str, **values) -> b
     return result.rowcount == 1
 
 
-def request_cancel(db: Session, job_id: str) -> ErasureJob | None:
+def request_cancel(db: Session, job_id: str, *, table: JobTable = ErasureJob) -> JobState | None:
     """A queued job is cancelled at once; a running one when its worker next checks."""
     db.execute(
-        update(ErasureJob)
-        .where(ErasureJob.id == job_id, ErasureJob.status == "queued")
+        update(table)
+        .where(table.id == job_id, table.status == "queued")
         .values(status="cancelled", cancel_requested=True, finished_at=now())
         .execution_options(synchronize_session=False)
     )
     db.execute(
-        update(ErasureJob)
-        .where(ErasureJob.id == job_id, ErasureJob.status == "running")
+        update(table)
+        .where(table.id == job_id, table.status == "running")
         .values(cancel_requested=True)
         .execution_options(synchronize_session=False)
     )
     db.commit()
-    return db.get(ErasureJob, job_id, populate_existing=True)
+    return db.get(table, job_id, populate_existing=True)
 
 
-def mark_dispatched(db: Session, job_id: str) -> None:
-    db.execute(update(ErasureJob).where(ErasureJob.id == job_id).values(dispatched=True))
+def mark_dispatched(db: Session, job_id: str, *, table: JobTable = ErasureJob) -> None:
+    db.execute(update(table).where(table.id == job_id).values(dispatched=True))
     db.commit()
 
 
-def mark_loaded_job_dispatched(db: Session, job: ErasureJob) -> None:
+def mark_loaded_job_dispatched(db: Session, job: JobState) -> None:
     """`mark_dispatched` for a job the session holds: one UPDATE, and the object stays current."""
     job.dispatched = True
     db.commit()
 
 
-def undispatched(db: Session, older_than: datetime, limit: int = 100) -> list[str]:
+def undispatched(
+    db: Session, older_than: datetime, limit: int = 100, *, table: JobTable = ErasureJob
+) -> list[str]:
     """Queued jobs whose message never reached the broker (it was down at submit)."""
     return list(
         db.scalars(
-            select(ErasureJob.id)
-            .where(ErasureJob.status == "queued", ErasureJob.dispatched.is_(False))
-            .where(ErasureJob.created_at < older_than)
-            .order_by(ErasureJob.created_at)
+            select(table.id)
+            .where(table.status == "queued", table.dispatched.is_(False))
+            .where(table.created_at < older_than)
+            .order_by(table.created_at)
             .limit(limit)
         )
     )

@@ -91,15 +91,17 @@ class Metric(Base):
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float | None] = mapped_column(Float)
     details: Mapped[dict] = mapped_column(JSON, default=dict)
+    evaluation_id: Mapped[str | None] = mapped_column(String(32), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
     model: Mapped[ErasedModel] = relationship(back_populates="metrics")
 
 
-class ErasureJob(Base):
-    """The source of truth for a job's status and progress (Celery's result backend is not)."""
+class JobState:
+    """The columns every job row shares: status, progress, the worker's lease, timestamps.
 
-    __tablename__ = "erasure_jobs"
+    The row is the source of truth for a job's status and progress (Celery's result backend is
+    not); `app.catalog.jobs` moves it from state to state with conditional updates."""
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
@@ -112,17 +114,33 @@ class ErasureJob(Base):
     dispatched: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    base_model_id: Mapped[str] = mapped_column(ForeignKey("base_models.id"))
-    parent_model_id: Mapped[str | None] = mapped_column(String(32))  # no FK: models point at jobs
     request: Mapped[dict] = mapped_column(JSON)
     request_sha256: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
-    model_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+
+
+class ErasureJob(JobState, Base):
+    """An erasure request; its erased model, once it succeeded, has the job's id."""
+
+    __tablename__ = "erasure_jobs"
+
+    base_model_id: Mapped[str] = mapped_column(ForeignKey("base_models.id"))
+    parent_model_id: Mapped[str | None] = mapped_column(String(32))  # no FK: models point at jobs
+    model_id: Mapped[str | None] = mapped_column(String(32))
+
+
+class EvaluationJob(JobState, Base):
+    """An evaluation of one or more catalogued models; its report is stored as artifacts."""
+
+    __tablename__ = "evaluation_jobs"
+
+    report: Mapped[dict | None] = mapped_column(JSON)  # the metrics per model, once succeeded
+    artifacts: Mapped[dict] = mapped_column(JSON, default=dict)  # name -> {uri, bytes, sha256}
 
 
 class ApiKey(Base):
