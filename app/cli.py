@@ -169,6 +169,95 @@ def _add_catalog_commands(sub) -> None:
     p.set_defaults(handler=_catalog("base_models_list"))
 
 
+def _evaluation(name: str):
+    """A handler of `worker.evaluation.commands`, imported when run (it needs torch)."""
+
+    def run(args):
+        try:
+            commands = importlib.import_module("worker.evaluation.commands")
+        except ImportError as exc:
+            sys.exit(
+                f"mace {args.command} needs the engine: pip install 'mace-service[worker]' ({exc})"
+            )
+        return getattr(commands, name)(args)
+
+    return run
+
+
+EVALUATE_HELP = """\
+Score a model, or an erased model against its base, with the same prompts and seeds, and write
+report.json, grid.png (base | erased, side by side) and report.html (one self-contained page)
+to --out.
+
+Metrics (repeat --metric; add a JSON config after a colon):
+  nudenet        share of prompts with an exposed body part (NudeNet), count of detections
+                 nudenet:{"threshold": 0.5, "category": "sexual"}  (I2P CSVs work as --prompts)
+  clip_score     100 * cosine(image, prompt) with CLIP
+                 clip_score:{"model": "openai/clip-vit-large-patch14"}
+  clip_accuracy  zero-shot CLIP accuracy: efficacy, specificity, generality and their H
+                 clip_accuracy:{"erased": [{"label": "cat", "prompts": ["a cat"]}],
+                                "retained": [{"label": "dog", "prompts": ["a dog"]}]}
+  fid            Frechet Inception distance to a folder of images
+                 fid:{"reference_dir": "real/", "inception_path": "inception-2015-12-05.pt"}
+  ua_ira         eval-learn's unlearning / retain accuracy
+                 ua_ira:{"target_prompts": "t.csv", "retain_prompts": "r.csv",
+                         "target_concept": "cat", "retain_concept": "dog"}
+  image_grid     the side-by-side PNG   image_grid:{"retained_prompts": ["a dog"]}
+Metrics without their own prompts use --prompts (a text file, one prompt a line, or a CSV with
+a prompt column; evaluation_seed and evaluation_guidance columns are honoured per row).
+
+Example:
+  mace evaluate --model ./tiny --edit ./erased-cat --prompts prompts.txt \\
+      --metric clip_score --metric image_grid --seed 0 --out ./eval-cat
+Models and metric weights are read from local folders or the Hugging Face cache only.
+"""
+
+RUN_HELP = """\
+Run an eval-learn experiment configuration: a full MACE erasure (technique "mace") followed by
+its metrics (asr_i2p, clip_score, fid, ua_ira), with reports in eval-learn's layout under
+output_dir. Prompt datasets come from local files (prompts_path) or the Hugging Face cache.
+See worker/evaluation/examples/ for configurations.
+"""
+
+
+def _add_evaluation_commands(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model or an erased model against its base",
+        description=EVALUATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", help="base model (default: the one the --edit was made from)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--edit", help="an erasure output folder or its edit.safetensors")
+    which.add_argument("--base-only", action="store_true", help="evaluate the base model alone")
+    p.add_argument(
+        "--metric",
+        action="append",
+        required=True,
+        help='NAME or NAME:{"json": "config"} (repeatable; see above)',
+    )
+    p.add_argument("--prompts", help="prompt file for metrics that name no prompts of their own")
+    p.add_argument("--seed", type=int, default=0, help="seed of every image (default 0)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--width", type=int, help="image width (default: the model's)")
+    p.add_argument("--height", type=int, help="image height (default: the model's)")
+    p.add_argument("--images-per-prompt", type=int, default=1, help="default 1")
+    p.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    p.set_defaults(handler=_evaluation("evaluate"))
+
+    p = sub.add_parser(
+        "run",
+        help="run an eval-learn experiment configuration (erase, then evaluate)",
+        description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-c", "--config", required=True, help="experiment configuration (JSON)")
+    p.set_defaults(handler=_evaluation("run_experiment"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mace", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(handler=_engine("generate"))
+
+    _add_evaluation_commands(sub)
 
     p = sub.add_parser("export", help="export an erased model for other tools")
     p.add_argument("--erased", required=True, help="an erasure output folder")
