@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from app.broker import broker_redis, fast_connection_options
 from app.catalog import jobs
 from app.catalog.db import session_factory
-from app.catalog.models import now
-from app.queue import ERASE_TASK, EXPORT_TASK, QUEUES, get_celery
+from app.catalog.models import ErasureJob, EvaluationJob, now
+from app.queue import ERASE_TASK, EVALUATE_TASK, EXPORT_TASK, QUEUES, get_celery
 from app.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -93,21 +93,26 @@ def _release(connection) -> None:
 
 
 def send_erasure(job_id: str) -> bool:
-    """Send a committed job's message; False (and a warning) when the broker is down."""
+    """Send a committed erasure job's message; False (and a warning) when the broker is down."""
+    return _send_job(ERASE_TASK, job_id)
+
+
+def send_evaluation(job_id: str) -> bool:
+    """Send a committed evaluation job's message; False when the broker is down."""
+    return _send_job(EVALUATE_TASK, job_id)
+
+
+def _send_job(task: str, job_id: str) -> bool:
     try:
-        send(ERASE_TASK, queue=QUEUES[ERASE_TASK], args=[job_id], task_id=job_id)
+        send(task, queue=QUEUES[task], args=[job_id], task_id=job_id)
     except Exception as exc:  # kombu, redis and socket errors alike: the row stays in the outbox
         logger.warning("job %s not dispatched, the broker is unreachable: %s", job_id, exc)
         return False
     return True
 
 
-def dispatch_erasure(db: Session, job_id: str) -> bool:
-    """Send a committed job and mark it dispatched; False when the broker is down."""
-    if not send_erasure(job_id):
-        return False
-    jobs.mark_dispatched(db, job_id)
-    return True
+# Each job table with the task that runs its jobs.
+JOB_TASKS = ((ErasureJob, ERASE_TASK), (EvaluationJob, EVALUATE_TASK))
 
 
 def redispatch_pending(db: Session, *, grace_s: float) -> int:
@@ -118,10 +123,12 @@ def redispatch_pending(db: Session, *, grace_s: float) -> int:
         grace_s: only jobs older than this, so a submit still dispatching itself is left alone.
     """
     sent = 0
-    for job_id in jobs.undispatched(db, now() - timedelta(seconds=grace_s)):
-        if not dispatch_erasure(db, job_id):
-            break  # still down: the next pass tries again
-        sent += 1
+    for table, task in JOB_TASKS:
+        for job_id in jobs.undispatched(db, now() - timedelta(seconds=grace_s), table=table):
+            if not _send_job(task, job_id):
+                return sent  # still down: the next pass tries again
+            jobs.mark_dispatched(db, job_id, table=table)
+            sent += 1
     if sent:
         logger.info("re-dispatched %d job(s)", sent)
     return sent

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from datetime import UTC, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.artifacts import object_key
 from app.catalog import jobs
 from app.catalog.db import session_factory
-from app.catalog.models import Artifact, BaseModel, ErasedModel, ErasureJob, PromptSet, now
+from app.catalog.models import Artifact, BaseModel, ErasedModel, ErasureJob, PromptSet
 from app.settings import get_settings
 from app.storage import StorageError
 from worker import runtime
@@ -29,6 +29,7 @@ from worker.erasure.base_model import ModelIdentity
 from worker.erasure.edit import CompactEdit
 from worker.erasure.erase import erase
 from worker.erasure.errors import ErasureCancelled, ErasureInputError
+from worker.job_claim import not_claimed
 from worker.job_lease import JobLease
 from worker.job_request import ErasureRequest, parse_request, recorded_options
 from worker.lora_checkpoints import load_checkpoints, store_checkpoint
@@ -36,14 +37,6 @@ from worker.model_records import record_erased_model, upload_erasure
 from worker.storage_retry import with_storage_retries
 
 logger = logging.getLogger(__name__)
-
-
-class JobHeld(Exception):
-    """The job is running under another worker's live lease; look again after `countdown` s."""
-
-    def __init__(self, job_id: str, countdown: float):
-        super().__init__(f"job {job_id} is held by another worker for {countdown:.0f}s more")
-        self.countdown = countdown
 
 
 def run_erasure_job(job_id: str) -> dict:
@@ -57,7 +50,7 @@ def run_erasure_job(job_id: str) -> dict:
     with session_factory()() as db:
         job = jobs.claim(db, job_id, worker=worker, lease=lease)
         if job is None:
-            return _not_claimed(db, job_id, lease)
+            return not_claimed(db, job_id, lease)
         base = db.get(BaseModel, job.base_model_id)
         try:
             request = parse_request(job.request, prompt_set=lambda id_: _prompts(db, id_))
@@ -203,29 +196,3 @@ def _prompts(db: Session, prompt_set_id: str) -> list[str]:
     if prompt_set is None:
         raise ErasureInputError(f"no prompt set {prompt_set_id}")
     return list(prompt_set.prompts)
-
-
-def _not_claimed(db: Session, job_id: str, lease: timedelta) -> dict:
-    """Why the job could not be claimed: final (nothing to do), or held by another worker."""
-    job = db.get(ErasureJob, job_id)
-    if job is None:
-        logger.warning("job %s: no such job; message dropped", job_id)
-        return {"status": "missing"}
-    if job.status != "running":
-        return {"status": job.status}
-    beat = job.heartbeat_at or job.started_at or now()
-    silent = now() - (beat if beat.tzinfo else beat.replace(tzinfo=UTC))
-    if silent < lease:
-        raise JobHeld(job_id, (lease - silent).total_seconds() + 1)
-    # The owner is gone and a cancel was asked for (claim refuses those): cancel it for good.
-    db.execute(
-        update(ErasureJob)
-        .where(
-            ErasureJob.id == job_id,
-            ErasureJob.status == "running",
-            ErasureJob.cancel_requested.is_(True),
-        )
-        .values(status="cancelled", finished_at=now())
-    )
-    db.commit()
-    return {"status": db.get(ErasureJob, job_id, populate_existing=True).status}

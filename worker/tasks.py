@@ -10,10 +10,12 @@ from __future__ import annotations
 from celery import shared_task
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.queue import ERASE_TASK, EXPORT_TASK, GENERATE_TASK
-from worker.erase_job import JobHeld, run_erasure_job
+from app.queue import ERASE_TASK, EVALUATE_TASK, EXPORT_TASK, GENERATE_TASK
+from worker.erase_job import run_erasure_job
+from worker.evaluate_job import run_evaluation_job
 from worker.export_job import export_model
 from worker.generation import generate
+from worker.job_claim import JobHeld
 
 DATABASE_RETRY_S = 15
 MAX_RETRIES = 100
@@ -24,6 +26,17 @@ def erase_task(self, job_id: str) -> dict:
     """Run erasure job `job_id`; a job another worker holds is looked at again later."""
     try:
         return run_erasure_job(job_id)
+    except JobHeld as held:
+        raise self.retry(countdown=held.countdown) from held
+    except SQLAlchemyError as exc:
+        raise self.retry(exc=exc, countdown=DATABASE_RETRY_S) from exc
+
+
+@shared_task(name=EVALUATE_TASK, bind=True, max_retries=MAX_RETRIES)
+def evaluate_task(self, job_id: str) -> dict:
+    """Run evaluation job `job_id`; a job another worker holds is looked at again later."""
+    try:
+        return run_evaluation_job(job_id)
     except JobHeld as held:
         raise self.retry(countdown=held.countdown) from held
     except SQLAlchemyError as exc:

@@ -37,13 +37,11 @@ def submit_erasure(
 ) -> ErasureJobPublic:
     """Queue an erasure. The job is durable once this answers 202, even if the broker is down
     (it is sent when the broker is back). Follow it at the `Location` header."""
-    if idempotency_key is not None and not _valid_idempotency_key(idempotency_key):
-        raise InvalidField(
-            ["header", "Idempotency-Key"],
-            f"use 1 to {IDEMPOTENCY_KEY_LENGTH} printable ASCII characters",
-        )
     submission = erasures.submit_erasure(
-        db, request=body, api_key_id=key.id, idempotency_key=idempotency_key
+        db,
+        request=body,
+        api_key_id=key.id,
+        idempotency_key=checked_idempotency_key(idempotency_key),
     )
     job = submission.job
     if submission.created:
@@ -55,8 +53,16 @@ def submit_erasure(
     return ErasureJobPublic.model_validate(job)
 
 
-def _valid_idempotency_key(value: str) -> bool:
-    return 0 < len(value) <= IDEMPOTENCY_KEY_LENGTH and value.isascii() and value.isprintable()
+def checked_idempotency_key(value: str | None) -> str | None:
+    """The `Idempotency-Key` header as given; a 422 when it is not short printable ASCII."""
+    if value is not None and not (
+        0 < len(value) <= IDEMPOTENCY_KEY_LENGTH and value.isascii() and value.isprintable()
+    ):
+        raise InvalidField(
+            ["header", "Idempotency-Key"],
+            f"use 1 to {IDEMPOTENCY_KEY_LENGTH} printable ASCII characters",
+        )
+    return value
 
 
 @router.get("", response_model=ErasureJobsPublic)

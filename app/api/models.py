@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from app.artifacts import object_key
-from app.catalog import erased_models
+from app.catalog import erased_models, evaluations
 from app.dispatch import request_export
 from app.errors import BadGateway, Conflict, NotFound, ServiceUnavailable
 from app.schemas.common import Limit, Offset
@@ -20,6 +20,8 @@ from app.schemas.models import (
     ErasedModelPublic,
     ErasedModelsPublic,
     ExportPending,
+    MetricPublic,
+    MetricsPublic,
 )
 from app.storage import S3Store, StorageError
 
@@ -47,6 +49,13 @@ def read_model(model_id: str, db: SessionDep, _key: ViewerKey) -> ErasedModelPub
     """An erased model: lineage (base model, parent, concepts, options, seed), artifacts and
     metrics."""
     return ErasedModelPublic.from_record(erased_models.get_model(db, model_id))
+
+
+@router.get("/{model_id}/metrics", response_model=MetricsPublic)
+def read_model_metrics(model_id: str, db: SessionDep, _key: ViewerKey) -> MetricsPublic:
+    """Every metric recorded for the model by its evaluations, newest first."""
+    rows = evaluations.model_metrics(db, model_id)
+    return MetricsPublic(data=[MetricPublic.model_validate(m) for m in rows], count=len(rows))
 
 
 @router.get(

@@ -5,24 +5,15 @@ Dispatch to the broker is not done here: it happens after the commit (`app.dispa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, InvalidField, NotFound
+from app.errors import Conflict, InvalidField
 from app.schemas.erasures import ErasureCreate, request_sha256
 
 from . import jobs
 from .base_models import base_model_by_name, list_base_models
 from .models import ErasedModel, ErasureJob, PromptSet
-
-
-@dataclass(frozen=True)
-class Submission:
-    job: ErasureJob
-    created: bool  # False: an earlier submission with the same Idempotency-Key
+from .submissions import Submission, commit_new_job, earlier_submission, scoped_key
 
 
 def submit_erasure(
@@ -44,9 +35,9 @@ def submit_erasure(
     """
     normalised = request.normalised()
     digest = request_sha256(normalised)
-    scoped_key = f"{api_key_id}:{idempotency_key}" if idempotency_key else None
-    if scoped_key and (earlier := _by_idempotency_key(db, scoped_key)) is not None:
-        return Submission(_same_request(earlier, digest, idempotency_key), created=False)
+    key = scoped_key(api_key_id, idempotency_key)
+    if earlier := earlier_submission(db, ErasureJob, key, digest, idempotency_key):
+        return earlier
     base_model_id, parent_model_id = _resolve_base(db, request.base_model)
     prompt_set = request.preservation_prompt_set
     if prompt_set is not None and db.get(PromptSet, prompt_set) is None:
@@ -61,33 +52,10 @@ def submit_erasure(
         parent_model_id=parent_model_id,
         request=normalised,
         request_sha256=digest,
-        idempotency_key=scoped_key,
+        idempotency_key=key,
         api_key_id=api_key_id,
     )
-    db.add(job)
-    try:
-        db.commit()
-    except IntegrityError:
-        # A concurrent submit with the same key won the unique constraint: answer with its job.
-        db.rollback()
-        earlier = _by_idempotency_key(db, scoped_key) if scoped_key else None
-        if earlier is None:
-            raise
-        return Submission(_same_request(earlier, digest, idempotency_key), created=False)
-    return Submission(job, created=True)
-
-
-def _by_idempotency_key(db: Session, scoped_key: str) -> ErasureJob | None:
-    return db.scalar(select(ErasureJob).where(ErasureJob.idempotency_key == scoped_key))
-
-
-def _same_request(earlier: ErasureJob, digest: str, idempotency_key: str) -> ErasureJob:
-    if earlier.request_sha256 != digest:
-        raise Conflict(
-            f"Idempotency-Key {idempotency_key!r} was used for a different request (job "
-            f"{earlier.id}); send that request unchanged, or use a new key for a new request"
-        )
-    return earlier
+    return commit_new_job(db, job, idempotency_key)
 
 
 def _resolve_base(db: Session, base_model: str) -> tuple[str, str | None]:
@@ -116,34 +84,15 @@ def _resolve_base(db: Session, base_model: str) -> tuple[str, str | None]:
 def list_erasures(
     db: Session, *, status: str | None = None, offset: int = 0, limit: int = 50
 ) -> tuple[list[ErasureJob], int]:
-    """A page of jobs, newest first, and how many match in all."""
-    query = select(ErasureJob)
-    if status is not None:
-        query = query.where(ErasureJob.status == status)
-    count = db.scalar(select(func.count()).select_from(query.subquery())) or 0
-    page = query.order_by(ErasureJob.created_at.desc(), ErasureJob.id).offset(offset).limit(limit)
-    return list(db.scalars(page)), count
+    """A page of erasure jobs, newest first, and how many match in all."""
+    return jobs.page(db, ErasureJob, status=status, offset=offset, limit=limit)
 
 
 def get_erasure(db: Session, job_id: str) -> ErasureJob:
     """The job `job_id`; raises NotFound."""
-    job = db.get(ErasureJob, job_id)
-    if job is None:
-        raise NotFound(f"no erasure job {job_id}")
-    return job
+    return jobs.get_job(db, ErasureJob, job_id, noun="erasure job")
 
 
 def cancel_erasure(db: Session, job_id: str) -> ErasureJob:
-    """Cancel a queued job now, or ask a running job's worker to stop at its next step.
-
-    Raises:
-        NotFound: no such job.
-        Conflict: the job already finished.
-    """
-    job = get_erasure(db, job_id)
-    if job.status in jobs.FINAL:
-        raise Conflict(f"job {job_id} is already {job.status}; only a queued or running job")
-    job = jobs.request_cancel(db, job_id)
-    if job.status not in ("cancelled", "running"):
-        raise Conflict(f"job {job_id} finished ({job.status}) before it could be cancelled")
-    return job
+    """Cancel a queued job now, or ask a running job's worker to stop at its next step."""
+    return jobs.cancel(db, ErasureJob, job_id, noun="erasure job")

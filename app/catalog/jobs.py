@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
+
+from app.errors import Conflict, NotFound
 
 from .models import ErasureJob, JobState, now
 
@@ -142,3 +144,39 @@ def undispatched(
             .limit(limit)
         )
     )
+
+
+def page(
+    db: Session, table: JobTable, *, status: str | None, offset: int, limit: int
+) -> tuple[list, int]:
+    """A page of jobs, newest first, optionally only those with `status`, and the match count."""
+    query = select(table)
+    if status is not None:
+        query = query.where(table.status == status)
+    count = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = query.order_by(table.created_at.desc(), table.id).offset(offset).limit(limit)
+    return list(db.scalars(rows)), count
+
+
+def get_job(db: Session, table: JobTable, job_id: str, *, noun: str):
+    """The job `job_id`; raises NotFound naming it as `noun`."""
+    job = db.get(table, job_id)
+    if job is None:
+        raise NotFound(f"no {noun} {job_id}")
+    return job
+
+
+def cancel(db: Session, table: JobTable, job_id: str, *, noun: str):
+    """Cancel a queued job now, or ask a running job's worker to stop at its next step.
+
+    Raises:
+        NotFound: no such job.
+        Conflict: the job already finished.
+    """
+    job = get_job(db, table, job_id, noun=noun)
+    if job.status in FINAL:
+        raise Conflict(f"job {job_id} is already {job.status}; only a queued or running job")
+    job = request_cancel(db, job_id, table=table)
+    if job.status not in ("cancelled", "running"):
+        raise Conflict(f"job {job_id} finished ({job.status}) before it could be cancelled")
+    return job

@@ -41,6 +41,7 @@ class MetricPublic(BaseModel):
     name: str
     value: float | None
     details: dict
+    evaluation_id: str | None = None
     created_at: datetime
 
 
@@ -102,3 +103,8 @@ class ExportPending(BaseModel):
 
     detail: str
     retry_after: int
+
+
+class MetricsPublic(BaseModel):
+    data: list[MetricPublic]
+    count: int

@@ -166,10 +166,11 @@ def api_env(monkeypatch, service_env):
 
     engine = create_engine(service_env["MACE_DATABASE_URL"])
     with engine.begin() as conn:
-        conn.execute(
-            text("""UPDATE erasure_jobs SET status = 'cancelled', cancel_requested = true
-                             WHERE status IN ('queued', 'running') AND api_key_id IS NOT NULL""")
-        )
+        for table in ("erasure_jobs", "evaluation_jobs"):
+            conn.execute(
+                text(f"""UPDATE {table} SET status = 'cancelled', cancel_requested = true
+                         WHERE status IN ('queued', 'running') AND api_key_id IS NOT NULL""")
+            )
     engine.dispose()
     import redis
 

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.catalog import jobs
 from app.catalog.db import make_engine
-from app.catalog.models import BaseModel, ErasureJob
-from app.queue import ERASE_TASK, make_celery
+from app.catalog.models import BaseModel, ErasureJob, EvaluationJob
+from app.queue import ERASE_TASK, EVALUATE_TASK, make_celery
 from app.serve import worker_command
 from app.settings import Settings
 from app.storage import make_store
@@ -143,15 +143,26 @@ class Catalog:
             jobs.mark_dispatched(db, job.id)
         return job.id
 
-    def job(self, job_id: str) -> ErasureJob:
+    def submit_evaluation(self, request: dict) -> str:
+        """Insert a queued evaluation job (request in its stored form), then send its message."""
+        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        job = EvaluationJob(request=request, request_sha256=digest)
         with self.session() as db:
-            return db.get(ErasureJob, job_id)
+            db.add(job)
+            db.commit()
+            self.celery.send_task(EVALUATE_TASK, args=[job.id], task_id=job.id)
+            jobs.mark_dispatched(db, job.id, table=EvaluationJob)
+        return job.id
 
-    def wait(self, job_id: str, until, timeout: float, *, watch=None) -> ErasureJob:
+    def job(self, job_id: str, table=ErasureJob):
+        with self.session() as db:
+            return db.get(table, job_id)
+
+    def wait(self, job_id: str, until, timeout: float, *, watch=None, table=ErasureJob):
         """Poll the row until `until(job)`; `watch(job)` sees every state on the way."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.job(job_id)
+            job = self.job(job_id, table)
             if watch:
                 watch(job)
             if until(job):
@@ -160,7 +171,7 @@ class Catalog:
                 raise TimeoutError(f"job {job_id} still {job.status}/{job.stage} ({job.error})")
             time.sleep(0.1)
 
-    def wait_final(self, job_id: str, timeout: float, **kwargs) -> ErasureJob:
+    def wait_final(self, job_id: str, timeout: float, **kwargs):
         return self.wait(job_id, lambda job: job.status in jobs.FINAL, timeout, **kwargs)
 
     def models_of_job(self, job_id: str) -> list:

@@ -1,0 +1,271 @@
+"""One evaluation job: claim the row -> load the shared base and each erased model's edit ->
+`run_evaluation` -> upload the report files -> in one transaction: a metric row per erased model
+and metric, and the job's `succeeded` with the summary."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.artifacts import object_key
+from app.catalog import jobs
+from app.catalog.db import session_factory
+from app.catalog.models import Artifact, BaseModel, ErasedModel, EvaluationJob, Metric, PromptSet
+from app.catalog.models import now as utc_now
+from app.settings import get_settings
+from app.storage import StorageError
+from worker import runtime
+from worker.erasure.errors import ErasureCancelled, ErasureInputError
+from worker.job_claim import not_claimed
+from worker.job_lease import JobLease
+from worker.model_records import put_verified
+from worker.storage_retry import with_storage_retries
+
+logger = logging.getLogger(__name__)
+
+STAGE_WEIGHTS = {"load": 0.05, "evaluate": 0.9, "upload": 0.05}
+
+
+def run_evaluation_job(job_id: str) -> dict:
+    """Run evaluation job `job_id` if it can be claimed; returns `{"status": ...}`.
+
+    Raises `JobHeld` when another worker holds a live lease on it, and database errors as they
+    come (the task retries them).
+    """
+    settings = get_settings()
+    worker, lease = runtime.worker_name(), timedelta(seconds=settings.JOB_LEASE_S)
+    with session_factory()() as db:
+        job = jobs.claim(db, job_id, worker=worker, lease=lease, table=EvaluationJob)
+        if job is None:
+            return not_claimed(db, job_id, lease, table=EvaluationJob)
+        try:
+            plan = _EvaluationPlan.of(db, job)
+        except ErasureInputError as exc:
+            jobs.finish(
+                db, job_id, worker=worker, status="failed", error=str(exc), table=EvaluationJob
+            )
+            return {"status": "failed", "error": str(exc)}
+    logger.info("evaluation %s: attempt %d on %s", job_id, job.attempts, worker)
+    with JobLease(
+        job_id,
+        worker,
+        stages=(),
+        lease_s=lease.total_seconds(),
+        weights=STAGE_WEIGHTS,
+        table=EvaluationJob,
+    ) as held:
+        return _EvaluationRun(job, plan, held).run()
+
+
+class _EvaluationPlan:
+    """What the stored request names, looked up in the catalog."""
+
+    def __init__(self, base: BaseModel, models: list[dict], prompt_sets: dict[str, list[str]]):
+        self.base, self.models, self.prompt_sets = base, models, prompt_sets
+
+    @classmethod
+    def of(cls, db: Session, job: EvaluationJob) -> _EvaluationPlan:
+        models, bases = [], set()
+        for ref in job.request["models"]:
+            entry = {"label": ref["label"], "kind": ref["kind"], "id": ref["id"], "edit": None}
+            if ref["kind"] == "base":
+                bases.add(ref["id"])
+            else:
+                model = db.get(ErasedModel, ref["id"])
+                edit = db.scalar(
+                    select(Artifact).where(Artifact.model_id == ref["id"], Artifact.kind == "edit")
+                )
+                if model is None or edit is None:
+                    raise ErasureInputError(f"erased model {ref['id']} is gone or has no edit")
+                bases.add(model.base_model_id)
+                entry["edit"] = {"uri": edit.uri, "sha256": edit.sha256}
+            models.append(entry)
+        base = db.get(BaseModel, bases.pop()) if len(bases) == 1 else None
+        if base is None:
+            raise ErasureInputError("the models of an evaluation must share one base model")
+        prompt_sets = {}
+        for name, ref in job.request.get("prompt_sets", {}).items():
+            if isinstance(ref, list):
+                prompt_sets[name] = list(ref)
+                continue
+            stored = db.get(PromptSet, ref)
+            if stored is None:
+                raise ErasureInputError(f"prompt set {ref} no longer exists")
+            prompt_sets[name] = list(stored.prompts)
+        return cls(base, models, prompt_sets)
+
+
+class _EvaluationRun:
+    def __init__(self, job: EvaluationJob, plan: _EvaluationPlan, lease: JobLease):
+        self.job, self.plan, self.lease = job, plan, lease
+        self.settings = get_settings()
+        self.store = runtime.store()
+
+    def run(self) -> dict:
+        try:
+            with tempfile.TemporaryDirectory(prefix="mace-evaluation-") as scratch:
+                report = self.evaluate(Path(scratch))
+                if self.lease.should_cancel():
+                    raise ErasureCancelled("the evaluation was cancelled")
+                stored = self.upload(Path(scratch))
+            return self.publish(report, stored)
+        except ErasureCancelled:
+            if self.lease.lost.is_set():
+                return {"status": "lost"}
+            return self.finish("cancelled", error=None)
+        except ErasureInputError as exc:
+            return self.finish("failed", error=str(exc))
+        except StorageError as exc:
+            return self.finish("failed", error=f"the report could not be stored: {exc}")
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:
+            logger.exception("evaluation %s failed", self.job.id)
+            return self.finish("failed", error=f"internal error: {type(exc).__name__}: {exc}")
+
+    def evaluate(self, out_dir: Path) -> dict:
+        from worker.evaluation.run import run_evaluation
+        from worker.evaluation.sampling import EditedModel, SamplerSettings
+
+        self.lease.progress("load", 0.0)
+        edits = {
+            m["label"]: runtime.edits().get(
+                object_key(self.store, m["edit"]["uri"]), m["edit"]["sha256"]
+            )
+            for m in self.plan.models
+            if m["edit"]
+        }
+        request = self.job.request
+        sampler = request["sampler"]
+        settings = SamplerSettings(
+            seed=request["seed"],
+            steps=sampler["num_inference_steps"],
+            guidance_scale=sampler["guidance_scale"],
+            width=sampler["width"],
+            height=sampler["height"],
+            images_per_prompt=sampler["images_per_prompt"],
+            batch_size=sampler["batch_size"],
+        )
+        base = self.plan.base
+        with runtime.pipelines().use(base.source, base.sha256) as pipe:
+            self.lease.progress("load", 1.0)
+            models = {
+                m["label"]: EditedModel(pipe, edits.get(m["label"])) for m in self.plan.models
+            }
+            info = {
+                m["label"]: {"kind": m["kind"], "id": m["id"], "base_model": base.name}
+                for m in self.plan.models
+            }
+            return run_evaluation(
+                models,
+                request["metrics"],
+                out_dir / "report",
+                prompt_sets=self.plan.prompt_sets,
+                sampler=settings,
+                progress=lambda done, total: self.lease.progress("evaluate", done / max(total, 1)),
+                should_cancel=self.lease.should_cancel,
+                model_info=info,
+                allow_paths=False,
+            )
+
+    def load_edit(self, stored: dict):
+        return runtime.edits().get(object_key(self.store, stored["uri"]), stored["sha256"])
+
+    def upload(self, scratch: Path) -> dict:
+        self.lease.progress("upload", 0.0)
+        folder = scratch / "report"
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        stored = {}
+        for done, path in enumerate(files, start=1):
+            relative = path.relative_to(folder).as_posix()
+            key = f"evaluations/{self.job.id}/{relative}"
+            result = with_storage_retries(
+                lambda key=key, path=path: put_verified(self.store, key, path),
+                what=f"upload of {key}",
+                attempts=self.settings.STORAGE_ATTEMPTS,
+                backoff_s=self.settings.STORAGE_BACKOFF_S,
+                on_retry=self.lease.note,
+            )
+            stored[relative] = {"uri": result.uri, "bytes": result.bytes, "sha256": result.sha256}
+            self.lease.progress("upload", done / len(files))
+        return stored
+
+    def publish(self, report: dict, stored: dict) -> dict:
+        summary = {
+            "summary": report.get("summary", {}),
+            "models": report.get("models", {}),
+            "sampler": report.get("sampler", {}),
+        }
+        erased = {m["label"]: m["id"] for m in self.plan.models if m["kind"] == "erased"}
+        with session_factory()() as db:
+            result = db.execute(
+                update(EvaluationJob)
+                .where(
+                    EvaluationJob.id == self.job.id,
+                    EvaluationJob.status == "running",
+                    EvaluationJob.worker == self.lease.worker,
+                )
+                .values(
+                    status="succeeded",
+                    finished_at=utc_now(),
+                    progress=1.0,
+                    stage_timings=dict(self.lease.timings),
+                    report=summary,
+                    artifacts=stored,
+                    error=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                db.rollback()
+                logger.warning("evaluation %s: lost ownership before recording", self.job.id)
+                return {"status": "lost"}
+            db.add_all(_metric_rows(self.job.id, report, erased))
+            db.commit()
+        logger.info("evaluation %s: succeeded (%d files)", self.job.id, len(stored))
+        return {"status": "succeeded"}
+
+    def finish(self, status: str, **values) -> dict:
+        with session_factory()() as db:
+            jobs.finish(
+                db,
+                self.job.id,
+                worker=self.lease.worker,
+                status=status,
+                stage_timings=dict(self.lease.timings),
+                table=EvaluationJob,
+                **values,
+            )
+        logger.info("evaluation %s: %s %s", self.job.id, status, values.get("error", ""))
+        return {"status": status, **values}
+
+
+def _metric_rows(evaluation_id: str, report: dict, erased: dict[str, str]) -> list[Metric]:
+    """One row per erased model and scored metric: its headline value, and in `details` the
+    config and the figures behind it (the full report stays in report.json)."""
+    rows = []
+    for entry in report.get("metrics", []):
+        for label, result in entry.get("results", {}).items():
+            if label not in erased or not isinstance(result, dict):
+                continue
+            value = result.get("value")
+            rows.append(
+                Metric(
+                    model_id=erased[label],
+                    name=entry["name"],
+                    value=float(value) if isinstance(value, int | float) else None,
+                    details={
+                        "label": label,
+                        "config": entry.get("config", {}),
+                        "details": result.get("details", {}),
+                    },
+                    evaluation_id=evaluation_id,
+                )
+            )
+    return rows
