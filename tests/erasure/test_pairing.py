@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.erasure.concepts import ConceptGroup
+from worker.erasure.errors import ErasureInputError
 from worker.erasure.pairing import TokenCounter, group_prompt_pairs, pair_prompt, target_prompts
 from worker.erasure.templates import TEMPLATES
 from worker.erasure.tokenizer import load_clip_tokenizer
@@ -48,3 +49,14 @@ def test_every_template_and_synonym_is_used(counter):
     assert len(prompts) == 2 * len(TEMPLATES["explicit"]) >= 60
     assert [p.target_prompt for p in group_prompt_pairs(counter, group)] == prompts
     assert all(len(TEMPLATES[kind]) >= 30 for kind in TEMPLATES)
+
+
+def test_a_group_with_its_own_templates_uses_them_everywhere():
+    group = ConceptGroup(("star",), "object", "", templates=("a red {}", "a {} on a grid"))
+    assert target_prompts(group) == ["a red star", "a star on a grid"]
+    assert group.image_template == "a red {}"
+    assert group.to_dict()["templates"] == ["a red {}", "a {} on a grid"]
+    plain = ConceptGroup(("star",), "object", "")
+    assert len(target_prompts(plain)) == 30 and "templates" not in plain.to_dict()
+    with pytest.raises(ErasureInputError, match="exactly once"):
+        ConceptGroup(("star",), templates=("a star",))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from .errors import ErasureInputError
+from .templates import TEMPLATES, TRAINING_IMAGE_PROMPT
 
 Kind = Literal["object", "person", "style", "explicit"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -39,6 +40,9 @@ class ConceptGroup:
     targets: tuple[str, ...]
     kind: str = "object"
     anchor: str | None = None
+    # The group's own prompt templates ("{}" = the phrase), for a model that speaks a language of
+    # its own; empty: the kind's templates. The first one also draws the stage-2 training images.
+    templates: tuple[str, ...] = ()
     _resolved_anchor: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +56,10 @@ class ConceptGroup:
         if self.kind not in KIND_DEFAULTS:
             raise ErasureInputError(f"unknown kind {self.kind!r}; use one of {', '.join(KINDS)}")
         object.__setattr__(self, "targets", targets)
+        templates = tuple(self.templates)
+        if isinstance(self.templates, str) or any(t.count("{}") != 1 for t in templates):
+            raise ErasureInputError('each prompt template must hold "{}" exactly once')
+        object.__setattr__(self, "templates", templates)
         anchor = KIND_DEFAULTS[self.kind].anchor if self.anchor is None else self.anchor
         object.__setattr__(self, "_resolved_anchor", " ".join(anchor.split()))
 
@@ -62,6 +70,16 @@ class ConceptGroup:
     @property
     def resolved_anchor(self) -> str:
         return self._resolved_anchor
+
+    @property
+    def prompt_templates(self) -> tuple[str, ...]:
+        """The templates of stages 1 to 3: the group's own, else its kind's."""
+        return self.templates or TEMPLATES[self.kind]
+
+    @property
+    def image_template(self) -> str:
+        """The prompt of the stage-2 training images."""
+        return self.templates[0] if self.templates else TRAINING_IMAGE_PROMPT[self.kind]
 
     @property
     def defaults(self) -> KindDefaults:
@@ -77,7 +95,10 @@ class ConceptGroup:
         )
 
     def to_dict(self) -> dict:
-        return {"targets": list(self.targets), "kind": self.kind, "anchor": self.resolved_anchor}
+        record = {"targets": list(self.targets), "kind": self.kind, "anchor": self.resolved_anchor}
+        if self.templates:
+            record["templates"] = list(self.templates)
+        return record
 
 
 def check_weight(name: str, value: float, *, allow_zero: bool = True) -> float:

@@ -26,7 +26,7 @@ from .concepts import ConceptGroup, check_weight
 from .errors import ErasureCancelled, ErasureInputError
 from .layers import cross_attention_projections
 from .lora_files import Factors, save_lora_factors
-from .templates import TEMPLATES, fill
+from .templates import fill
 from .training_data import TrainingSet, end_token_positions, phrase_token_positions
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class _PromptBank:
 
     def __init__(self, pipe, group: ConceptGroup) -> None:
         self.pipe, self.group = pipe, group
-        self.templates = TEMPLATES[group.kind]
+        self.templates = group.prompt_templates
         self.cache: dict[tuple[str, str], tuple[torch.Tensor, list[int]]] = {}
 
     def get(self, template: str, phrase: str) -> tuple[torch.Tensor, list[int]]:

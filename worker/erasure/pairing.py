@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from .concepts import ConceptGroup
 from .errors import ErasureInputError
-from .templates import TEMPLATES, TRAINING_IMAGE_PROMPT, fill
+from .templates import fill
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def pair_prompt(counter: TokenCounter, template: str, phrase: str, anchor: str) 
 
 def target_prompts(group: ConceptGroup) -> list[str]:
     """Every template filled with every target phrase of the group (stage 1, 2 and 3 prompts)."""
-    return [fill(t, phrase) for phrase in group.targets for t in TEMPLATES[group.kind]]
+    return [fill(t, phrase) for phrase in group.targets for t in group.prompt_templates]
 
 
 def group_prompt_pairs(counter: TokenCounter, group: ConceptGroup) -> list[PromptPair]:
@@ -76,7 +76,7 @@ def group_prompt_pairs(counter: TokenCounter, group: ConceptGroup) -> list[Promp
     return [
         pair_prompt(counter, t, phrase, group.resolved_anchor)
         for phrase in group.targets
-        for t in TEMPLATES[group.kind]
+        for t in group.prompt_templates
     ]
 
 
@@ -84,7 +84,7 @@ def check_token_budget(counter: TokenCounter, group: ConceptGroup) -> None:
     """Raise if a phrase or the anchor does not fit in every template within the token limit."""
     budget = counter.max_length - 2  # BOS and EOS
     for text in (*group.targets, group.resolved_anchor):
-        for template in (*TEMPLATES[group.kind], TRAINING_IMAGE_PROMPT[group.kind]):
+        for template in (*group.prompt_templates, group.image_template):
             prefix, suffix = template.split("{}")
             used = len(counter.ids(prefix)) + len(counter.ids(suffix)) + len(counter.ids(text))
             if used > budget:

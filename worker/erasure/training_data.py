@@ -16,7 +16,7 @@ from .errors import ErasureCancelled, ErasureInputError
 from .masks import ConceptAttentionAccumulator, MaskProvider
 from .masks import mask_provider as provider_named
 from .pairing import TokenCounter, phrase_span
-from .templates import TRAINING_IMAGE_PROMPT, fill
+from .templates import fill
 
 DEFAULT_IMAGES_PER_GROUP = 8
 
@@ -80,7 +80,7 @@ def generate_training_set(
 ) -> TrainingSet:
     """Generate the group's training images and their masks, reproducibly.
 
-    Image i shows target phrase `i mod len(targets)` in `TRAINING_IMAGE_PROMPT[kind]`, generated
+    Image i shows target phrase `i mod len(targets)` in the group's `image_template`, generated
     with a generator seeded by `image_seed(seed, group_index, i)`. Pass the base model: its
     attention maps, captured during the same generation, make the `attention` masks.
 
@@ -104,7 +104,7 @@ def generate_training_set(
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = height or native, width or native
     latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    template = TRAINING_IMAGE_PROMPT[group.kind]
+    template = group.image_template
     images, image_masks, prompts, phrases, seeds = [], [], [], [], []
     for index in range(count):
         if should_cancel is not None and should_cancel():
