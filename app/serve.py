@@ -37,7 +37,13 @@ def add_service_commands(sub) -> None:
     p = sub.add_parser("api", help="run the API alone (production: workers run elsewhere)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="API processes (default 2: requests queue behind one Python process's lock well "
+        "before its core is busy; each keeps up to MACE_DB_POOL_SIZE catalog connections)",
+    )
     p.set_defaults(handler=api)
 
     p = sub.add_parser("worker", help="run a Celery worker for erasure, evaluation and images")

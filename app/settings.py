@@ -20,9 +20,10 @@ class Settings(BaseSettings):
     BROKER_URL: str | None = None  # default: kombu's filesystem transport under DATA_DIR
     RESULT_BACKEND_URL: str | None = None  # default: Redis db 1 with a Redis broker, else files
     STORAGE_URL: str | None = None  # s3://bucket/prefix or file:///path; default DATA_DIR/artifacts
-    # Connections kept per process: at least the API's request threads (40), so a burst of
-    # requests does not open and close a server connection each (Postgres forks per connection).
-    DB_POOL_SIZE: int = 40
+    # Catalog connections kept per process, so a burst of requests does not open and close a
+    # server connection each (Postgres forks per connection); with MAX_OVERFLOW, the most a
+    # process holds. Mind the server's max_connections: API processes x (POOL + OVERFLOW).
+    DB_POOL_SIZE: int = 20
     DB_MAX_OVERFLOW: int = 10
     S3_ENDPOINT_URL: str | None = None
     S3_REGION: str = "us-east-1"

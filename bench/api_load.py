@@ -643,7 +643,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="raw: a minimal keep-alive HTTP/1.1 client on asyncio streams (default, cheapest); "
         "httpx: one httpx.AsyncClient per simulated client",
     )
-    p.add_argument("--uvicorn-workers", type=int, default=1, help="API processes (default 1)")
+    p.add_argument(
+        "--uvicorn-workers", type=int, default=2, help="API processes (default 2, as `mace api`)"
+    )
     p.add_argument("--generate-calls", type=int, default=20, help="K calls per side (default 20)")
     p.add_argument("--steps", type=int, default=25, help="inference steps (default 25)")
     p.add_argument(
