@@ -4,6 +4,8 @@ and metric, and the job's `succeeded` with the summary."""
 
 from __future__ import annotations
 
+import copy
+import csv
 import logging
 import tempfile
 from datetime import timedelta
@@ -30,6 +32,7 @@ from worker.storage_retry import with_storage_retries
 logger = logging.getLogger(__name__)
 
 STAGE_WEIGHTS = {"load": 0.05, "evaluate": 0.9, "upload": 0.05}
+EXPERIMENT_WEIGHTS = {"erase": 0.6, "evaluate": 0.35, "upload": 0.05}
 
 
 def run_evaluation_job(job_id: str) -> dict:
@@ -45,7 +48,8 @@ def run_evaluation_job(job_id: str) -> dict:
         if job is None:
             return not_claimed(db, job_id, lease, table=EvaluationJob)
         try:
-            plan = _EvaluationPlan.of(db, job)
+            experiment = "experiment" in job.request
+            plan = (_ExperimentPlan if experiment else _EvaluationPlan).of(db, job)
         except ErasureInputError as exc:
             jobs.finish(
                 db, job_id, worker=worker, status="failed", error=str(exc), table=EvaluationJob
@@ -57,7 +61,7 @@ def run_evaluation_job(job_id: str) -> dict:
         worker,
         stages=(),
         lease_s=lease.total_seconds(),
-        weights=STAGE_WEIGHTS,
+        weights=EXPERIMENT_WEIGHTS if experiment else STAGE_WEIGHTS,
         table=EvaluationJob,
     ) as held:
         return _EvaluationRun(job, plan, held).run()
@@ -101,6 +105,40 @@ class _EvaluationPlan:
         return cls(base, models, prompt_sets)
 
 
+class _ExperimentPlan:
+    """An eval-learn experiment: its base model, the erased model to load instead of erasing,
+    and the uploaded prompt sets its metrics name."""
+
+    def __init__(self, base: BaseModel, loaded_edit: dict | None, prompt_sets: dict[str, list]):
+        self.base, self.loaded_edit, self.prompt_sets = base, loaded_edit, prompt_sets
+
+    @classmethod
+    def of(cls, db: Session, job: EvaluationJob) -> _ExperimentPlan:
+        base = db.get(BaseModel, job.request["base_model_id"])
+        if base is None:
+            raise ErasureInputError("the experiment's base model is no longer registered")
+        loaded = None
+        if job.request.get("load_model_id"):
+            edit = db.scalar(
+                select(Artifact).where(
+                    Artifact.model_id == job.request["load_model_id"], Artifact.kind == "edit"
+                )
+            )
+            if edit is None:
+                raise ErasureInputError("the erased model to load has no stored edit")
+            loaded = {"uri": edit.uri, "sha256": edit.sha256}
+        config = job.request["experiment"]
+        prompt_sets = {}
+        for metric in config.get("metrics") or [config["metric"]]:
+            ref = (metric.get("config") or {}).get("prompt_set")
+            if ref is not None:
+                stored = db.get(PromptSet, str(ref))
+                if stored is None:
+                    raise ErasureInputError(f"prompt set {ref} no longer exists")
+                prompt_sets[str(ref)] = list(stored.prompts)
+        return cls(base, loaded, prompt_sets)
+
+
 class _EvaluationRun:
     def __init__(self, job: EvaluationJob, plan: _EvaluationPlan, lease: JobLease):
         self.job, self.plan, self.lease = job, plan, lease
@@ -130,6 +168,8 @@ class _EvaluationRun:
             return self.finish("failed", error=f"internal error: {type(exc).__name__}: {exc}")
 
     def evaluate(self, out_dir: Path) -> dict:
+        if isinstance(self.plan, _ExperimentPlan):
+            return self.experiment(out_dir)
         from worker.evaluation.run import run_evaluation
         from worker.evaluation.sampling import EditedModel, SamplerSettings
 
@@ -174,6 +214,36 @@ class _EvaluationRun:
                 allow_paths=False,
             )
 
+    def experiment(self, out_dir: Path) -> dict:
+        """eval-learn's runner on this job's config; server paths are made here, never sent."""
+        from worker.evaluation.eval_learn import run_experiment
+
+        config = copy.deepcopy(self.job.request["experiment"])
+        config["output_dir"] = str(out_dir / "report")
+        technique = config["technique"].setdefault("config", {})
+        technique["model_id"] = self.plan.base.name
+        if self.plan.loaded_edit:
+            path = out_dir / "loaded" / "edit.safetensors"
+            path.parent.mkdir(parents=True)
+            stored = self.plan.loaded_edit
+            runtime.download(object_key(self.store, stored["uri"]), path, stored["sha256"])
+            technique["load_path"] = str(path)
+        if technique.get("save_path"):
+            technique["save_path"] = str(out_dir / "report" / "erasure")
+        for metric in config.get("metrics") or [config["metric"]]:
+            settings = metric.setdefault("config", {})
+            if "prompt_set" in settings:
+                prompts = self.plan.prompt_sets[str(settings.pop("prompt_set"))]
+                settings["prompts_path"] = str(_prompt_csv(out_dir / "prompt-sets", prompts))
+        report, _folder = run_experiment(
+            config,
+            resolve_model=lambda _name: self.plan.base.source,
+            progress=lambda done, total: self.lease.progress("evaluate", done / max(total, 1)),
+            erase_progress=lambda _stage, fraction: self.lease.progress("erase", fraction * 0.99),
+            should_cancel=self.lease.should_cancel,
+        )
+        return {"eval_learn": report}
+
     def load_edit(self, stored: dict):
         return runtime.edits().get(object_key(self.store, stored["uri"]), stored["sha256"])
 
@@ -197,12 +267,18 @@ class _EvaluationRun:
         return stored
 
     def publish(self, report: dict, stored: dict) -> dict:
-        summary = {
-            "summary": report.get("summary", {}),
-            "models": report.get("models", {}),
-            "sampler": report.get("sampler", {}),
-        }
-        erased = {m["label"]: m["id"] for m in self.plan.models if m["kind"] == "erased"}
+        summary = (
+            report
+            if "eval_learn" in report
+            else {
+                "summary": report.get("summary", {}),
+                "models": report.get("models", {}),
+                "sampler": report.get("sampler", {}),
+            }
+        )
+        erased = {}
+        if isinstance(self.plan, _EvaluationPlan):
+            erased = {m["label"]: m["id"] for m in self.plan.models if m["kind"] == "erased"}
         with session_factory()() as db:
             result = db.execute(
                 update(EvaluationJob)
@@ -244,6 +320,17 @@ class _EvaluationRun:
             )
         logger.info("evaluation %s: %s %s", self.job.id, status, values.get("error", ""))
         return {"status": status, **values}
+
+
+def _prompt_csv(folder: Path, prompts: list[str]) -> Path:
+    """An uploaded prompt set as the CSV (a `prompt` column) eval-learn's metrics read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"prompts-{len(list(folder.iterdir()))}.csv"
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["prompt"])
+        writer.writerows([p] for p in prompts)
+    return path
 
 
 def _metric_rows(evaluation_id: str, report: dict, erased: dict[str, str]) -> list[Metric]:

@@ -14,7 +14,16 @@ from fastapi import FastAPI
 from app.dispatch import redispatch_loop
 from app.settings import get_settings
 
-from . import erasures, evaluations, generate, health, metrics, models, prompt_sets
+from . import (
+    erasures,
+    evaluations,
+    experiments,
+    generate,
+    health,
+    metrics,
+    models,
+    prompt_sets,
+)
 from .body_limit import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -44,7 +53,8 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     """A new application configured from the current settings."""
     app = FastAPI(title="MACE erasure service", description=DESCRIPTION, lifespan=lifespan)
-    for module in (erasures, evaluations, models, generate, prompt_sets, health, metrics):
+    routers = (erasures, evaluations, experiments, models, generate, prompt_sets, health, metrics)
+    for module in routers:
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=get_settings().MAX_BODY_BYTES)

@@ -9,12 +9,15 @@ from sqlalchemy.orm import Session
 from app.errors import InvalidField, NotFound
 from app.schemas.erasures import request_sha256
 from app.schemas.evaluations import EvaluationCreate
+from app.schemas.experiments import ExperimentCreate
 
 from . import jobs
 from .base_models import base_model_by_name
 from .erased_models import finished_model, get_model
 from .models import BaseModel, EvaluationJob, Metric, PromptSet
 from .submissions import Submission, commit_new_job, earlier_submission, scoped_key
+
+DEFAULT_EXPERIMENT_MODEL = "CompVis/stable-diffusion-v1-4"  # eval-learn's default
 
 
 def submit_evaluation(
@@ -114,3 +117,63 @@ def model_metrics(db: Session, model_id: str) -> list[Metric]:
             .order_by(Metric.created_at.desc(), Metric.id.desc())
         )
     )
+
+
+def submit_experiment(
+    db: Session, *, request: ExperimentCreate, api_key_id: str, idempotency_key: str | None = None
+) -> Submission:
+    """Queue an eval-learn experiment (a MACE erasure, then its metrics) as an evaluation job.
+
+    The stored request is `{"experiment": config, "base_model_id", "load_model_id"}`: the config
+    as sent, with `model_id` and `load_path` resolved to catalog ids here.
+
+    Raises:
+        InvalidField: `model_id` is not a registered base model, `load_path` not an erased
+            model, or a `prompt_set` does not exist.
+    """
+    config = request.config()
+    digest = request_sha256(config)
+    key = scoped_key(api_key_id, idempotency_key)
+    if earlier := earlier_submission(db, EvaluationJob, key, digest, idempotency_key):
+        return earlier
+    technique = config["technique"].get("config", {})
+    name = str(technique.get("model_id", DEFAULT_EXPERIMENT_MODEL))
+    base = base_model_by_name(db, name)
+    if base is None:
+        raise InvalidField(
+            ["body", "technique", "config", "model_id"],
+            f"no base model named {name!r}; an admin registers it with `mace base-models add "
+            f"{name} PATH_OR_HF_ID`, or name a registered one",
+        )
+    load_model_id = None
+    if technique.get("load_path"):
+        try:
+            loaded = finished_model(db, str(technique["load_path"]))
+        except NotFound as exc:
+            raise InvalidField(
+                ["body", "technique", "config", "load_path"],
+                "give the id of a catalogued erased model to evaluate instead of erasing",
+            ) from exc
+        if loaded.base_model_id != base.id:
+            raise InvalidField(
+                ["body", "technique", "config", "load_path"],
+                f"erased model {loaded.id} was made from another base model than {name!r}",
+            )
+        load_model_id = loaded.id
+    metrics = config.get("metrics") or [config["metric"]]
+    for index, metric in enumerate(metrics):
+        prompt_set = metric.get("config", {}).get("prompt_set")
+        if prompt_set is not None and db.get(PromptSet, str(prompt_set)) is None:
+            raise InvalidField(
+                ["body", "metrics", index, "config", "prompt_set"],
+                f"no prompt set {prompt_set!r}; upload one with POST /prompt-sets",
+            )
+    job = EvaluationJob(
+        status="queued",
+        dispatched=False,
+        request={"experiment": config, "base_model_id": base.id, "load_model_id": load_model_id},
+        request_sha256=digest,
+        idempotency_key=key,
+        api_key_id=api_key_id,
+    )
+    return commit_new_job(db, job, idempotency_key)

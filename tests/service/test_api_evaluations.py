@@ -117,3 +117,47 @@ def test_model_metrics_lists_what_evaluations_recorded(api):
     assert (found["data"][0]["name"], found["data"][0]["value"]) == ("nudenet", 0.25)
     assert found["data"][0]["evaluation_id"] == "e1"
     assert api.get("/models/unknown/metrics").status_code == 404
+
+
+def experiment_body(model_id: str, **metric_config) -> dict:
+    return {
+        "output_dir": "results/mace_asr",
+        "technique": {
+            "name": "mace",
+            "config": {"model_id": model_id, "erase_concept": "nudity", "lambda_cfr": 0.1},
+        },
+        "metric": {"name": "asr_i2p", "config": {"limit": 5, **metric_config}},
+    }
+
+
+def test_experiment_is_queued_as_an_evaluation(api):
+    base = api.base_model()
+    broker().delete("evaluate")
+    response = api.post("/experiments", json=experiment_body(base.name))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["Location"] == f"/evaluations/{job['id']}"
+    assert job["request"]["base_model_id"] == base.id
+    assert job["request"]["experiment"]["technique"]["config"]["erase_concept"] == "nudity"
+    assert job["id"].encode() in b"".join(broker().lrange("evaluate", 0, -1))
+
+
+def test_experiment_refuses_server_paths_and_unknown_models(api):
+    base = api.base_model()
+    erased_elsewhere = api.erased_model(api.base_model())
+    cases = [
+        (experiment_body("CompVis/stable-diffusion-v1-4"), "mace base-models add"),
+        (experiment_body(base.name, prompts_path="/etc/passwd"), "would name a file"),
+        (experiment_body(base.name, prompt_set="f" * 32), "no prompt set"),
+        ({**experiment_body(base.name), "metrics": [{"name": "fid"}]}, "either 'metric'"),
+    ]
+    body = experiment_body(base.name)
+    body["technique"]["config"]["load_path"] = "/models/erased.pt"
+    cases.append((body, "id of a catalogued erased model"))
+    body = experiment_body(base.name)
+    body["technique"]["config"]["load_path"] = erased_elsewhere.id
+    cases.append((body, "another base model"))
+    for body, message in cases:
+        response = api.post("/experiments", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert message in response.text, (body, response.text)
