@@ -72,6 +72,10 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def delete(self, key: str) -> None:
+        """Remove an object; one that is already gone is not an error."""
+        self._path(key).unlink(missing_ok=True)
+
     def presigned_url(self, key: str) -> str | None:
         return None  # a local file is served by the API itself
 
@@ -155,6 +159,15 @@ class S3Store:
             return True
         except ClientError:
             return False
+
+    def delete(self, key: str) -> None:
+        """Remove an object; one that is already gone is not an error (S3 semantics)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"delete of {key} failed: {exc}") from exc
 
     def presigned_url(self, key: str) -> str | None:
         return self.client.generate_presigned_url(

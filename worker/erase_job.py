@@ -32,7 +32,7 @@ from worker.erasure.errors import ErasureCancelled, ErasureInputError
 from worker.job_claim import not_claimed
 from worker.job_lease import JobLease
 from worker.job_request import ErasureRequest, parse_request, recorded_options
-from worker.lora_checkpoints import load_checkpoints, store_checkpoint
+from worker.lora_checkpoints import drop_checkpoints, load_checkpoints, store_checkpoint
 from worker.model_records import record_erased_model, upload_erasure
 from worker.storage_retry import with_storage_retries
 
@@ -161,6 +161,7 @@ class _ErasureRun:
         if not recorded:
             logger.warning("job %s: lost ownership before recording the model", self.job.id)
             return {"status": "lost"}
+        drop_checkpoints(self.store, self.job.id, len(self.request.groups))
         logger.info("job %s: succeeded (%d artifacts)", self.job.id, len(uploaded))
         return {"status": "succeeded", "model_id": self.job.id}
 

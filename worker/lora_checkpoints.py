@@ -53,3 +53,14 @@ def load_checkpoints(store, job_id: str, groups: int) -> dict[int, LoraFactors]:
     if found:
         logger.info("job %s: resuming with stored LoRAs of groups %s", job_id, sorted(found))
     return found
+
+
+def drop_checkpoints(store, job_id: str, groups: int) -> None:
+    """Delete a succeeded job's checkpoints: its model's `lora-NNN` artifacts hold the same
+    LoRAs. Best effort: a leftover only costs storage."""
+    for index in range(groups):
+        try:
+            store.delete(checkpoint_key(job_id, index))
+        except StorageError as exc:
+            logger.warning("job %s: checkpoint %d not deleted: %s", job_id, index, exc)
+            return
