@@ -1,0 +1,290 @@
+"""Erasure measured in the toy world: efficacy, specificity, generality and H of full MACE, CFR
+only and LoRA only (then fusion), on the project's own trained toy model, read by its judge.
+
+For each kind (object, style) and each N, the first N concepts of that kind in a seeded order
+(concepts with synonyms first, so generality is measured on as many as possible) are erased by
+their canonical word only; their other surface forms are kept back to measure generality. Every
+method then draws the same seeded prompt suite (`worker.toy.scoring.score_concepts`: per concept,
+canonical prompts and synonym prompts, 25 sampling steps) and the judge reads the images:
+
+    efficacy     1 - judge accuracy on the erased concepts' canonical prompts
+    specificity  judge accuracy on every other concept's prompts (drop: base minus this)
+    generality   1 - judge accuracy on the erased concepts' synonym prompts
+    H            harmonic mean of the three
+
+The prompts MACE itself uses are the toy grammar's (the group's own templates), the preservation
+prompts are toy captions that name no erased concept, and the anchor is the empty phrase.
+
+    python bench/toy_world.py --erase 1,5,20 --json bench/results/toy_world.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python bench/toy_world.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from worker.erasure.base_model import load_pipeline, model_identity  # noqa: E402
+from worker.erasure.concepts import ConceptGroup  # noqa: E402
+from worker.erasure.edit import EditedUnet  # noqa: E402
+from worker.erasure.erase import erase  # noqa: E402
+from worker.erasure.options import ErasureOptions  # noqa: E402
+from worker.toy.commands import SHIPPED_MODEL, default_judge, pipeline_dir  # noqa: E402
+from worker.toy.judge import load_judge  # noqa: E402
+from worker.toy.prompts import (  # noqa: E402
+    CONCEPTS,
+    describe,
+    random_wording,
+    training_captions,
+)
+from worker.toy.scoring import score_concepts  # noqa: E402
+from worker.toy.world import random_labels  # noqa: E402
+
+SEED = 0
+METHODS = {"full": ("cfr", "lora", "fusion"), "cfr_only": ("cfr",), "lora_only": ("lora", "fusion")}
+TEMPLATE_COUNT = 30
+PRESERVATION_CAPTIONS = 200
+
+
+def erasure_order(kind: str, seed: int = SEED) -> list[str]:
+    """The kind's concepts in the order they are erased: those with synonyms first, each part
+    shuffled by `seed`."""
+    rng = np.random.default_rng([seed, 7])
+    concepts = [c for c in CONCEPTS if c.kind == kind]
+    with_synonyms = [c.name for c in concepts if c.has_synonyms]
+    without = [c.name for c in concepts if not c.has_synonyms]
+    return [str(n) for n in (*rng.permutation(with_synonyms), *rng.permutation(without))]
+
+
+def grammar_templates(kind: str, count: int = TEMPLATE_COUNT, seed: int = SEED) -> tuple[str, ...]:
+    """`count` distinct prompts of the toy grammar with "{}" where a concept of `kind` goes."""
+    rng = np.random.default_rng([seed, 11, 0 if kind == "object" else 1])
+    templates: dict[str, None] = {}
+    while len(templates) < count:
+        labels = random_labels(rng)
+        if kind == "object":
+            wording = random_wording(labels, rng, object_form="{}")
+        else:
+            wording = random_wording(labels, rng, style_form="{}")
+        text = describe(labels, wording, rng)
+        if text.count("{}") == 1:
+            templates[text] = None
+    return tuple(templates)
+
+
+def preservation_captions(erased: list[str], count: int = PRESERVATION_CAPTIONS) -> tuple[str, ...]:
+    """Toy training captions that name none of the erased concepts' surface forms."""
+    words = {form for c in CONCEPTS if c.name in erased for form in c.surface_forms}
+    captions = []
+    for caption, _labels in training_captions(SEED + 1):
+        padded = f" {caption.replace(',', ' ')} "
+        if not any(f" {w} " in padded for w in words):
+            captions.append(caption)
+        if len(captions) == count:
+            break
+    return tuple(captions)
+
+
+def harmonic_mean(values: list[float]) -> float:
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1 / v for v in values)
+
+
+def figures(scores, base, erased: list[str]) -> dict:
+    """Efficacy, specificity (and its drop against the base), generality and H."""
+    retained = [n for n in scores.per_concept if n not in erased]
+    with_synonyms = [n for n in erased if n in scores.per_synonym_concept]
+    efficacy = 1 - statistics.mean(scores.per_concept[n] for n in erased)
+    specificity = statistics.mean(scores.per_concept[n] for n in retained)
+    base_specificity = statistics.mean(base.per_concept[n] for n in retained)
+    generality = (
+        1 - statistics.mean(scores.per_synonym_concept[n] for n in with_synonyms)
+        if with_synonyms
+        else math.nan
+    )
+    parts = [efficacy, specificity] + ([generality] if with_synonyms else [])
+    return {
+        "efficacy": round(efficacy, 4),
+        "specificity": round(specificity, 4),
+        "specificity_base": round(base_specificity, 4),
+        "specificity_drop": round(base_specificity - specificity, 4),
+        "generality": None if math.isnan(generality) else round(generality, 4),
+        "generality_concepts": len(with_synonyms),
+        "H": round(harmonic_mean(parts), 4),
+    }
+
+
+class ToyBench:
+    def __init__(self, model: Path, judge: Path, per_concept: int, options: dict):
+        self.pipe = load_pipeline(str(pipeline_dir(model)))
+        self.pipe.set_progress_bar_config(disable=True)
+        self.identity = model_identity(str(pipeline_dir(model)))
+        self.judge = load_judge(judge)
+        self.per_concept = per_concept
+        self.options = options
+        self.lora_only_loras: dict[str, dict] = {}  # concept -> factors on the base weights
+
+    def score(self):
+        return score_concepts(self.pipe, self.judge, per_concept=self.per_concept, seed=SEED)
+
+    def groups(self, erased: list[str], kind: str) -> list[ConceptGroup]:
+        templates = grammar_templates(kind)
+        forms = {c.name: c.surface_forms[0] for c in CONCEPTS}
+        return [ConceptGroup((forms[n],), kind, "", templates=templates) for n in erased]
+
+    def run(self, kind: str, erased: list[str], method: str) -> tuple[dict, dict]:
+        options = ErasureOptions(
+            stages=METHODS[method],
+            preservation_prompts=preservation_captions(erased),
+            seed=SEED,
+            **self.options,
+        )
+        groups = self.groups(erased, kind)
+        reused = {}
+        if method == "lora_only":  # LoRAs on the base weights do not depend on the other groups
+            reused = {
+                i: self.lora_only_loras[n]
+                for i, n in enumerate(erased)
+                if n in self.lora_only_loras
+            }
+        started = time.perf_counter()
+        result = erase(self.pipe, self.identity, groups, options, trained_loras=reused)
+        seconds = time.perf_counter() - started
+        if method == "lora_only":
+            for i, name in enumerate(erased):
+                self.lora_only_loras.setdefault(name, result.loras[i])
+        edited = EditedUnet.of(self.pipe.unet)
+        edited.apply(result.edit)
+        try:
+            scores = self.score()
+        finally:
+            edited.restore()
+        timings = {k: round(v, 2) for k, v in result.timings.items()}
+        return {
+            "seconds": round(seconds, 2),
+            "stage_seconds": timings,
+            "reused_loras": len(reused),
+        }, scores
+
+
+def _log(message: str) -> None:
+    print(f"[toy_world {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def format_table(results: list[dict], base: dict) -> str:
+    head = (
+        f"{'kind':6} {'n':>3} {'method':10} {'efficacy':>8} {'specif.':>8} {'drop':>7} "
+        f"{'general.':>8} {'H':>6} {'seconds':>8}  stage seconds"
+    )
+    lines = [
+        f"base model: judge accuracy {base['mean']:.3f} over {base['concepts']} concepts "
+        f"(objects {base['object_mean']:.3f}, styles {base['style_mean']:.3f}), "
+        f"synonym prompts {base['synonym_mean']:.3f}",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    for r in results:
+        general = "-" if r["generality"] is None else f"{r['generality']:.3f}"
+        stages = ", ".join(f"{k} {v:g}" for k, v in r["stage_seconds"].items())
+        lines.append(
+            f"{r['kind']:6} {r['n']:>3} {r['method']:10} {r['efficacy']:>8.3f} "
+            f"{r['specificity']:>8.3f} {r['specificity_drop']:>+7.3f} {general:>8} "
+            f"{r['H']:>6.3f} {r['seconds']:>8.1f}  {stages}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--erase", default="1,5,20", help="numbers of concepts N (default 1,5,20)")
+    p.add_argument("--kinds", default="object,style", help="object, style or both")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"from {', '.join(METHODS)}")
+    p.add_argument("--per-concept", type=int, default=8, help="prompts per concept and wording")
+    p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="a toy model folder")
+    p.add_argument("--judge", type=Path, help="the judge (default: next to the model)")
+    p.add_argument("--lora-steps", type=int, help="stage-2 steps per concept (kind default)")
+    p.add_argument("--images", type=int, default=8, help="stage-2 images per concept")
+    p.add_argument("--json", type=Path, help="write {'results': [...]} here")
+    args = p.parse_args(argv)
+    args.erase = [int(n) for n in args.erase.split(",") if n.strip()]
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown or set(args.kinds) - {"object", "style"}:
+        p.error(f"methods from {', '.join(METHODS)}; kinds object, style")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    judge = args.judge or default_judge(args.model)
+    if judge is None:
+        raise SystemExit(f"no judge next to {args.model}; train one with `mace toy train-judge`")
+    torch.manual_seed(SEED)
+    options = {"images_per_concept": args.images, "image_steps": 25}
+    if args.lora_steps:
+        options["lora_steps"] = args.lora_steps
+    bench = ToyBench(args.model, judge, args.per_concept, options)
+    started = time.perf_counter()
+    base_scores = bench.score()
+    base = {**base_scores.to_dict(), "concepts": len(base_scores.per_concept)}
+    base["seconds"] = round(time.perf_counter() - started, 1)
+    _log(f"base: {base['mean']:.3f} (synonyms {base['synonym_mean']:.3f}) in {base['seconds']} s")
+    results = []
+    for kind in args.kinds:
+        order = erasure_order(kind)
+        for n in args.erase:
+            if n >= len(order):
+                _log(f"{kind}: N={n} skipped, the world has {len(order)} {kind} concepts")
+                continue
+            erased = order[:n]
+            for method in args.methods:
+                _log(f"{kind} N={n} {method}: {', '.join(erased)}")
+                timing, scores = bench.run(kind, erased, method)
+                row = {"kind": kind, "n": n, "method": method, "erased": erased}
+                row.update(figures(scores, base_scores, erased))
+                row.update(timing)
+                results.append(row)
+                _log(f"  H {row['H']:.3f} (e {row['efficacy']:.3f}, s {row['specificity']:.3f})")
+    table = format_table(results, base)
+    print(table, flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "results": results,
+            "base": base,
+            "settings": {
+                "per_concept": args.per_concept,
+                "sampling_steps": 25,
+                "options": options,
+                "templates": {k: list(grammar_templates(k)) for k in args.kinds},
+                "anchor": "",
+                "seed": SEED,
+            },
+            "environment": {
+                "cpu_count": os.cpu_count(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
