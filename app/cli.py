@@ -127,6 +127,61 @@ def _add_erase(sub) -> None:
     p.set_defaults(handler=_engine("erase"))
 
 
+def _toy(name: str):
+    """A handler of `worker.toy.commands`, imported when run (it needs torch)."""
+
+    def run(args):
+        try:
+            commands = importlib.import_module("worker.toy.commands")
+        except ImportError as exc:
+            sys.exit(f"mace toy needs the engine: pip install 'mace-service[worker]' ({exc})")
+        return getattr(commands, name)(args)
+
+    return run
+
+
+TOY_HELP = """\
+The toy world: icons of 28 objects in 15 styles, a Stable-Diffusion-1.x-architecture model
+trained on it from scratch on a CPU, and a judge that reads object and style from an image, so
+that erasure can be measured (accuracy on erased concepts down, on the others unchanged).
+"""
+
+
+def _add_toy(sub) -> None:
+    toy = sub.add_parser(
+        "toy",
+        help="the toy world: train its model and judge, score a model",
+        description=TOY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
+    p = toy_sub.add_parser("train", help="train the toy model from scratch (resumable)")
+    p.add_argument("--out", required=True, help="output folder (pipeline/, log, checkpoint/)")
+    p.add_argument("--minutes", type=float, default=80.0, help="time budget (default 80)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--judge", help="judge weights (default: in --out, else the shipped judge)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.set_defaults(handler=_toy("train"))
+    p = toy_sub.add_parser("train-judge", help="train the judge on rendered scenes")
+    p.add_argument("--out", required=True, help="weights file to write (judge.safetensors)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenes", type=int, default=40_000, help="training scenes (default 40000)")
+    p.add_argument("--epochs", type=int, default=6, help="passes over them (default 6)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.set_defaults(handler=_toy("train_judge"))
+    p = toy_sub.add_parser("judge", help="score a model: judge accuracy per concept")
+    p.add_argument("--model", required=True, help="a toy model folder or a pipeline folder")
+    p.add_argument("--judge", help="judge weights (default: in --model, else the shipped judge)")
+    p.add_argument("--per-concept", type=int, default=8, help="images per concept (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument("--json", help="also write the scores to this JSON file")
+    p.set_defaults(handler=_toy("judge"))
+
+
 def _catalog(name: str):
     """A handler of `app.catalog_commands`, imported when run (the database stack is not light)."""
 
@@ -304,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the one the edit was made from)")
     p.add_argument("--lora-rank", type=int, help="LoRA export rank (default: smallest within 1%%)")
     p.set_defaults(handler=_engine("export"))
+    _add_toy(sub)
 
     from app.demo import add_demo_command
     from app.serve import add_service_commands
