@@ -45,6 +45,14 @@ def test_training_writes_a_pipeline_that_loads_as_stable_diffusion(tmp_path, tin
     stored = torch.load(out / CHECKPOINT_DIR / "state.pt", weights_only=False)
     assert stored["phase"] == "done"
 
+    # resumed with a larger budget, a finished run trains on and saves again
+    longer = replace(tiny_plan, max_unet_steps=6)
+    train_toy_model(out, longer, resume=True, threads=1, echo=lambda line: None)
+    events = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["step"] == 6
+    resumed = StableDiffusionPipeline.from_pretrained(path, dtype=torch.float32)
+    assert not torch.equal(next(resumed.unet.parameters()), next(pipe.unet.parameters()))
+
 
 def test_resuming_continues_exactly_as_an_uninterrupted_run(tmp_path, tiny_plan):
     straight = _ready_for_unet(tmp_path / "a", tiny_plan)

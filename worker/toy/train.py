@@ -262,6 +262,8 @@ class ToyTrainer:
 
     def run(self) -> Path | None:
         """Train until done or out of time; returns the pipeline folder once it is written."""
+        if self.phase in ("choose", "done") and self.unet_progress() < 1.0:
+            self.phase = "unet"  # resumed with a larger budget: train on, then choose again
         self.log("start", plan=asdict(self.plan), phase=self.phase, threads=self.threads)
         self.scenes = self.load_scenes()
         if self.phase == "vae":
@@ -488,9 +490,10 @@ def train_toy_model(
     """Train the toy model from scratch into `out` (see the module docstring for the layout).
 
     Args:
-        out: output folder; must be empty unless resuming.
+        out: output folder; must hold no other run unless resuming (a judge may be there).
         plan: budget, seed and hyperparameters; the shipped model's by default.
-        resume: continue from `out/checkpoint` (refuses a checkpoint of another seed or size).
+        resume: continue from `out/checkpoint` (refuses a checkpoint of another seed or size);
+            a finished run resumed with more minutes trains on and saves the pipeline again.
         judge_path: judge weights for the periodic accuracy and the final choice; without one,
             the averaged weights are kept.
         threads: torch threads and rendering processes (default: every core).
@@ -505,6 +508,6 @@ def train_toy_model(
     checkpoint = out / CHECKPOINT_DIR / "state.pt"
     if resume and checkpoint.is_file():
         trainer.load_checkpoint()
-    elif out.exists() and any(not p.name.startswith("judge") for p in out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; pass --resume to continue a run there")
+    elif any(p.exists() for p in (checkpoint, out / LOG_FILE, out / PIPELINE_DIR)):
+        raise FileExistsError(f"{out} holds a training run; pass --resume to continue it")
     return trainer.run()
