@@ -168,6 +168,11 @@ def _add_toy(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scenes", type=int, default=40_000, help="training scenes (default 40000)")
     p.add_argument("--epochs", type=int, default=6, help="passes over them (default 6)")
+    p.add_argument(
+        "--autoencoder",
+        help="a toy model (or pipeline) folder: half the training images are shown as its "
+        "autoencoder reconstructs them, so the judge reads that model's textures",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.set_defaults(handler=_toy("train_judge"))
     p = toy_sub.add_parser("judge", help="score a model: judge accuracy per concept")

@@ -38,3 +38,24 @@ def test_rendered_sets_are_seeded_and_labelled():
 def test_shipped_judge_reads_unseen_renders():
     scores = accuracy(load_judge(SHIPPED_JUDGE), render_scenes(400, seed=424242))
     assert scores["object"] >= 0.97 and scores["style"] >= 0.95
+
+
+def test_judge_can_learn_from_an_autoencoders_reconstructions():
+    from worker.toy.judge import autoencoded, train_judge
+    from worker.toy.model import build_vae
+
+    from .conftest import TINY_SIZE
+
+    torch.manual_seed(0)
+    vae = build_vae(TINY_SIZE)
+    scenes = render_scenes(8, seed=0)
+    again = autoencoded(vae, scenes.images)
+    assert again.shape == scenes.images.shape and again.dtype == np.uint8
+    assert not np.array_equal(again, scenes.images)
+    lines = []
+    _, scores = train_judge(
+        seed=0, scenes=256, epochs=1, workers=1, autoencoder=vae, held_out=64, log=lines.append
+    )
+    assert len(lines) == 1 and "object_autoencoded" in lines[0]
+    assert set(scores) == {f"{k}{s}" for k in LABEL_NAMES for s in ("", "_autoencoded")}
+    assert all(0.0 <= v <= 1.0 for v in scores.values())

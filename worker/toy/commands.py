@@ -65,17 +65,26 @@ def train_judge(args) -> int:
     from .judge import save_judge, train_judge
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    autoencoder = None
+    if args.autoencoder:
+        from diffusers import AutoencoderKL
+
+        _quiet_libraries()
+        source = pipeline_dir(Path(args.autoencoder))
+        autoencoder = AutoencoderKL.from_pretrained(source / "vae", dtype=torch.float32)
     judge, scores = train_judge(
         seed=args.seed,
         scenes=args.scenes,
         epochs=args.epochs,
         workers=args.threads or os.cpu_count() or 1,
+        autoencoder=autoencoder,
     )
     path = save_judge(judge, args.out)
     report = {
         "seed": args.seed,
         "scenes": args.scenes,
         "epochs": args.epochs,
+        "autoencoder": args.autoencoder,
         "held_out_accuracy": scores,
     }
     path.with_name("judge_accuracy.json").write_text(json.dumps(report, indent=2) + "\n")

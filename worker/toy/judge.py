@@ -85,12 +85,27 @@ def accuracy(judge: Judge, scenes: SceneSet) -> dict[str, float]:
     return {k: float((predicted[k] == scenes.labels[k]).mean()) for k in LABEL_NAMES}
 
 
+@torch.no_grad()
+def autoencoded(vae, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """`images` (N, H, W, 3) uint8 as an autoencoder gives them back (posterior means decoded)."""
+    vae.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)
+        x = x.float() / 127.5 - 1.0
+        decoded = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1.0, 1.0)
+        out.append(((decoded.permute(0, 2, 3, 1) + 1.0) * 127.5).round().byte().numpy())
+    return np.concatenate(out)
+
+
 def train_judge(
     seed: int = 0,
     scenes: int = 40_000,
-    epochs: int = 5,
+    epochs: int = 6,
     batch_size: int = 128,
     workers: int = 2,
+    autoencoder=None,
+    held_out: int = 2_000,
     log=print,
 ) -> tuple[Judge, dict[str, float]]:
     """Train a judge on freshly rendered scenes; return it and its accuracy on unseen scenes.
@@ -101,12 +116,18 @@ def train_judge(
         epochs: passes over them.
         batch_size: scenes per step.
         workers: processes that render the scenes.
+        autoencoder: a model's `AutoencoderKL`; if given, half of the training images are
+            shown as it reconstructs them, so that the judge reads textures as that model's
+            decoder draws them (fine random speckles come back as coarser blotches), and the
+            accuracy on reconstructions is reported too (keys ending in "_autoencoded").
+        held_out: number of unseen scenes the accuracy is measured on.
         log: called with one line of progress per epoch.
     """
     torch.manual_seed(seed)
     train = render_scenes(scenes, seed=seed, workers=workers)
-    held_out = render_scenes(2_000, seed=seed + 1_000_003, workers=workers)
+    unseen = render_scenes(held_out, seed=seed + 1_000_003, workers=workers)
     images = images_to_tensor(train.images)
+    decoded = images_to_tensor(autoencoded(autoencoder, train.images)) if autoencoder else None
     targets = {k: torch.from_numpy(v) for k, v in train.labels.items()}
     judge = Judge()
     steps = epochs * (len(train) // batch_size)
@@ -119,18 +140,30 @@ def train_judge(
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(order) - batch_size + 1, batch_size):
             index = order[start : start + batch_size]
-            logits = judge(_augment(images[index], generator))
+            batch = images[index]
+            if decoded is not None:
+                swap = torch.rand(len(index), generator=generator) < 0.5
+                batch = torch.where(swap[:, None, None, None], decoded[index], batch)
+            logits = judge(_augment(batch, generator))
             loss = sum(F.cross_entropy(logits[k], targets[k][index]) for k in logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-        scores = accuracy(judge, held_out)
+        scores = _held_out_accuracy(judge, unseen, autoencoder)
         log(
             f"judge epoch {epoch + 1}/{epochs} loss {loss.item():.3f} "
             f"held-out {_format(scores)} {time.monotonic() - started:.0f}s"
         )
-    return judge, accuracy(judge, held_out)
+    return judge, _held_out_accuracy(judge, unseen, autoencoder)
+
+
+def _held_out_accuracy(judge: Judge, held_out: SceneSet, autoencoder) -> dict[str, float]:
+    scores = accuracy(judge, held_out)
+    if autoencoder is not None:
+        reconstructed = SceneSet(autoencoded(autoencoder, held_out.images), held_out.labels)
+        scores.update({f"{k}_autoencoded": v for k, v in accuracy(judge, reconstructed).items()})
+    return scores
 
 
 def _format(scores: dict[str, float]) -> str:
