@@ -262,7 +262,7 @@ class ToyTrainer:
 
     def run(self) -> Path | None:
         """Train until done or out of time; returns the pipeline folder once it is written."""
-        if self.phase in ("choose", "done") and self.unet_progress() < 1.0:
+        if self.phase in ("choose", "done") and not self.unet_finished():
             self.phase = "unet"  # resumed with a larger budget: train on, then choose again
         self.log("start", plan=asdict(self.plan), phase=self.phase, threads=self.threads)
         self.scenes = self.load_scenes()
@@ -279,8 +279,8 @@ class ToyTrainer:
         plan = self.plan
         start = self.deadlines["vae"] - plan.vae_share * self.budget
         progress = (self.clock() - start) / (plan.vae_share * self.budget)
-        if plan.max_vae_steps:
-            progress = max(progress, self.vae_step / plan.max_vae_steps)
+        if plan.max_vae_steps:  # capped runs follow the steps, so they are reproducible
+            progress = self.vae_step / plan.max_vae_steps
         for group in self.vae_optimizer.param_groups:
             group["lr"] = learning_rate(plan.vae_lr, self.vae_step, 100, progress, 0.05)
         images = to_model_range(self.scenes.images[self.next_batch(plan.vae_batch_size).numpy()])
@@ -359,12 +359,20 @@ class ToyTrainer:
         self.step += 1
         return loss.item()
 
-    def unet_progress(self) -> float:
+    def unet_time_used(self) -> float:
+        """The share of the UNet phase's time already spent."""
         start, end = self.deadlines["unet_start"], self.budget - self.final_reserve
-        progress = (self.clock() - start) / max(end - start, 1.0)
+        return (self.clock() - start) / max(end - start, 1.0)
+
+    def unet_progress(self) -> float:
+        """Where the learning-rate schedule is: the share of the step cap done if there is one
+        (so capped runs are reproducible), else the share of the time used."""
         if self.plan.max_unet_steps:
-            progress = max(progress, self.step / self.plan.max_unet_steps)
-        return progress
+            return self.step / self.plan.max_unet_steps
+        return self.unet_time_used()
+
+    def unet_finished(self) -> bool:
+        return self.unet_progress() >= 1.0 or self.unet_time_used() >= 1.0
 
     def train_unet(self) -> None:
         plan = self.plan
@@ -377,7 +385,7 @@ class ToyTrainer:
         window, window_steps = time.monotonic(), 0
         self.text_encoder.train()
         self.unet.train()
-        while self.unet_progress() < 1.0:
+        while not self.unet_finished():
             if self.thread_chooser.due():
                 done, timings = self.thread_chooser.choose(self.unet_step)
                 losses += done
