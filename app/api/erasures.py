@@ -6,17 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app.catalog import erasures, jobs
+from app.catalog import erasures
 from app.dispatch import send_erasure
-from app.errors import InvalidField
 from app.schemas.common import Limit, Offset
 from app.schemas.erasures import ErasureCreate, ErasureJobPublic, ErasureJobsPublic, JobStatus
 
 from .deps import OperatorKey, SessionDep, ViewerKey
+from .submissions import answer_submission, checked_idempotency_key
 
 router = APIRouter(prefix="/erasures", tags=["erasures"])
-
-IDEMPOTENCY_KEY_LENGTH = 160
 
 
 @router.post(
@@ -43,26 +41,8 @@ def submit_erasure(
         api_key_id=key.id,
         idempotency_key=checked_idempotency_key(idempotency_key),
     )
-    job = submission.job
-    if submission.created:
-        if send_erasure(job.id):  # after the commit; on failure the job waits in the outbox
-            jobs.mark_loaded_job_dispatched(db, job)
-    else:
-        response.status_code = 200
-    response.headers["Location"] = f"/erasures/{job.id}"
+    job = answer_submission(db, submission, response, send=send_erasure, location="/erasures")
     return ErasureJobPublic.model_validate(job)
-
-
-def checked_idempotency_key(value: str | None) -> str | None:
-    """The `Idempotency-Key` header as given; a 422 when it is not short printable ASCII."""
-    if value is not None and not (
-        0 < len(value) <= IDEMPOTENCY_KEY_LENGTH and value.isascii() and value.isprintable()
-    ):
-        raise InvalidField(
-            ["header", "Idempotency-Key"],
-            f"use 1 to {IDEMPOTENCY_KEY_LENGTH} printable ASCII characters",
-        )
-    return value
 
 
 @router.get("", response_model=ErasureJobsPublic)

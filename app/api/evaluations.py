@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import HTMLResponse
 
 from app.artifacts import object_key
-from app.catalog import evaluations, jobs
+from app.catalog import evaluations
 from app.dispatch import send_evaluation
 from app.errors import Conflict, NotFound
 from app.schemas.common import Limit, Offset
@@ -17,7 +17,7 @@ from app.schemas.evaluations import EvaluationCreate, EvaluationJobPublic, Evalu
 from app.storage import StorageError
 
 from .deps import OperatorKey, SessionDep, StoreDep, ViewerKey
-from .erasures import checked_idempotency_key
+from .submissions import answer_submission, checked_idempotency_key
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
@@ -46,13 +46,7 @@ def submit_evaluation(
         api_key_id=key.id,
         idempotency_key=checked_idempotency_key(idempotency_key),
     )
-    job = submission.job
-    if submission.created:
-        if send_evaluation(job.id):  # after the commit; on failure the job waits in the outbox
-            jobs.mark_loaded_job_dispatched(db, job)
-    else:
-        response.status_code = 200
-    response.headers["Location"] = f"/evaluations/{job.id}"
+    job = answer_submission(db, submission, response, send=send_evaluation, location="/evaluations")
     return EvaluationJobPublic.model_validate(job)
 
 

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
-from app.catalog import evaluations, jobs
+from app.catalog import evaluations
 from app.dispatch import send_evaluation
 from app.schemas.evaluations import EvaluationJobPublic
 from app.schemas.experiments import ExperimentCreate
 
 from .deps import OperatorKey, SessionDep
-from .erasures import checked_idempotency_key
+from .submissions import answer_submission, checked_idempotency_key
 
 router = APIRouter(prefix="/experiments", tags=["evaluations"])
 
@@ -38,11 +38,5 @@ def submit_experiment(
         api_key_id=key.id,
         idempotency_key=checked_idempotency_key(idempotency_key),
     )
-    job = submission.job
-    if submission.created:
-        if send_evaluation(job.id):
-            jobs.mark_loaded_job_dispatched(db, job)
-    else:
-        response.status_code = 200
-    response.headers["Location"] = f"/evaluations/{job.id}"
+    job = answer_submission(db, submission, response, send=send_evaluation, location="/evaluations")
     return EvaluationJobPublic.model_validate(job)

@@ -191,8 +191,8 @@ def request_sha256(request: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class ErasureJobPublic(BaseModel):
-    """An erasure job as the API shows it; the catalog row is the source of truth."""
+class JobPublic(BaseModel):
+    """What every job shows: status, stage, progress and timings; the row is the truth."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -205,15 +205,20 @@ class ErasureJobPublic(BaseModel):
     attempts: int
     cancel_requested: bool
     dispatched: bool
-    base_model_id: str
-    parent_model_id: str | None
-    model_id: str | None
     request: dict
     request_sha256: str
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+
+
+class ErasureJobPublic(JobPublic):
+    """An erasure job; `model_id` once it succeeded."""
+
+    base_model_id: str
+    parent_model_id: str | None
+    model_id: str | None
 
 
 class ErasureJobsPublic(BaseModel):

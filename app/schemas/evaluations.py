@@ -3,13 +3,12 @@ the worker's metric classes (worker/evaluation/metrics.py); nothing in them may 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from .common import Seed
-from .erasures import JobStatus
+from .erasures import JobPublic
 from .text import Identifier, Name, Phrase
 
 METRIC_NAMES = ("nudenet", "clip_score", "clip_accuracy", "fid", "ua_ira", "image_grid")
@@ -100,29 +99,12 @@ def _keys(value) -> list[str]:
     return []
 
 
-class EvaluationJobPublic(BaseModel):
+class EvaluationJobPublic(JobPublic):
     """An evaluation job; `report` holds each metric's value per model once it succeeded, and
     `artifacts` the stored report files (report.json, report.html, grids)."""
 
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    status: JobStatus
-    stage: str | None
-    progress: float
-    stage_timings: dict
-    error: str | None
-    attempts: int
-    cancel_requested: bool
-    dispatched: bool
-    request: dict
-    request_sha256: str
     report: dict | None
     artifacts: dict
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
 
 
 class EvaluationJobsPublic(BaseModel):
