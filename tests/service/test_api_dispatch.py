@@ -95,3 +95,23 @@ def test_kept_broker_connection_recovers_after_the_server_drops_it(api):
     assert api.job(second).dispatched
     queued = b"".join(redis.lrange("erase", 0, -1))
     assert first.encode() in queued and second.encode() in queued
+
+
+def test_a_stale_kept_connection_is_replaced_by_a_fresh_one(api_env):
+    from app import dispatch
+
+    redis = broker()
+    redis.delete("erase")
+    dispatch.send("mace.erase", queue="erase", args=["first"], task_id="first")
+    kept = dispatch._thread_broker.connection
+    # A connection that can no longer reach its server, as after the broker moved or restarted.
+    stale = get_celery().connection_for_write(
+        unreachable_redis_url(), connect_timeout=0.2, transport_options={"max_retries": 0}
+    )
+    dispatch._thread_broker.connection = stale
+    dispatch.send("mace.erase", queue="erase", args=["second"], task_id="second")
+    assert dispatch._thread_broker.connection not in (stale, None)
+    assert dispatch._thread_broker.connection is not kept
+    queued = b"".join(redis.lrange("erase", 0, -1))
+    assert b"first" in queued and b"second" in queued
+    redis.delete("erase")
