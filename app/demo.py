@@ -1,8 +1,10 @@
 """`mace demo`: the whole service on this machine, used as a client would use it.
 
 Starts the embedded default (SQLite, local artifacts, filesystem broker) in a fresh data folder,
-registers the project's own small model, erases a concept through HTTP, polls the job, and
-writes the model's image before and after, side by side.
+registers the project's own trained toy model, erases one of its concepts through HTTP, polls
+the job, then draws the same prompts and seeds with the base and the erased model: prompts that
+name the erased concept (by each of its words) and prompts of other concepts. The toy world's
+judge reads every image, so the demo ends with a measurement as well as a picture.
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-MODEL_NAME = "tiny-sd"
+MODEL_NAME = "toy-sd"
+ROWS_PER_SIDE = 4  # erased-concept prompts, then as many prompts of retained concepts
+# What the erasure request sets besides the concept; the toy world's benchmark uses the same.
+ERASURE_OPTIONS = {"images_per_concept": 8, "image_steps": 25}
 
 
 def add_demo_command(sub) -> None:
     p = sub.add_parser("demo", help="run the service locally and erase a concept end to end")
     p.add_argument("--out", default="out/demo", help="folder for the data and the PNG")
     p.add_argument(
-        "--concept", default="cat, kitten", help='concept to erase (default "cat, kitten")'
+        "--concept",
+        default="star",
+        help="a concept of the toy world to erase, with all its words (default star)",
     )
-    p.add_argument("--prompt", default="a photo of a cat", help="prompt of the before/after images")
     p.set_defaults(handler=run_demo)
 
 
@@ -109,15 +115,57 @@ def _poll(client: Client, job_id: str) -> dict:
         time.sleep(1)
 
 
+def _toy_model() -> Path:
+    from worker.erasure.errors import ErasureInputError
+    from worker.toy.commands import SHIPPED_MODEL, pipeline_dir
+
+    try:
+        return pipeline_dir(SHIPPED_MODEL)
+    except ErasureInputError:
+        sys.exit(
+            f"the toy model is missing from {SHIPPED_MODEL}; "
+            f"train it with `mace toy train --out {SHIPPED_MODEL}`"
+        )
+
+
+def _demo_prompts(name: str) -> list[tuple[str, object, bool]]:
+    """(prompt, labels, names the erased concept) rows: the erased concept by each of its words
+    in turn, then one prompt for each of as many other concepts of its kind."""
+    from worker.toy.prompts import CONCEPTS, concept, concept_prompts
+
+    erased = concept(name)
+    rows = []
+    for i in range(ROWS_PER_SIDE):
+        form = erased.surface_forms[i % len(erased.surface_forms)]
+        prompt, labels = concept_prompts(name, 1, seed=[3, i], form=form)[0]
+        rows.append((prompt, labels, True))
+    others = [c.name for c in CONCEPTS if c.kind == erased.kind and c.name != name]
+    for i, other in enumerate(others[:: max(1, len(others) // ROWS_PER_SIDE)][:ROWS_PER_SIDE]):
+        prompt, labels = concept_prompts(other, 1, seed=[4, i])[0]
+        rows.append((prompt, labels, False))
+    return rows
+
+
 def run_demo(args) -> int:
+    from worker.toy.prompts import concept
+
+    try:
+        args.toy_concept = concept(args.concept)
+    except KeyError:
+        from worker.toy.prompts import CONCEPTS
+
+        sys.exit(
+            f"--concept {args.concept!r} is not in the toy world; use one of: "
+            + ", ".join(c.name for c in CONCEPTS)
+        )
+    model = _toy_model()
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MACE_")}
     env.update(MACE_DATA_DIR=str(out / "data"), MACE_CACHE_DIR=str(out / "data" / "cache"))
-    print("1. building the project's small model and registering it")
-    _mace("tiny-model", str(out / "model"), env=env)
+    print(f"1. registering the project's toy model ({model})")
     _mace("migrate", env=env)
-    _mace("base-models", "add", MODEL_NAME, str(out / "model"), env=env)
+    _mace("base-models", "add", MODEL_NAME, str(model), env=env)
     key = (
         _mace("keys", "create", "--role", "operator", "--name", "demo", env=env)
         .strip()
@@ -129,9 +177,43 @@ def run_demo(args) -> int:
         return _run_against_server(args, out, env, key, port, log)
 
 
-def _run_against_server(args, out: Path, env: dict, key: str, port: int, log) -> int:
-    from worker.erasure.commands import side_by_side
+def _erasure_request(client: Client, toy_concept) -> dict:
+    """The toy world's erasure: its own prompt language, the empty anchor, and its captions
+    without the concept as preservation prompts."""
+    from worker.toy.prompts import captions_without, erasure_templates
 
+    prompt_set = client.json(
+        "POST",
+        "/prompt-sets",
+        {
+            "name": f"toy captions without {toy_concept.name}",
+            "prompts": list(captions_without([toy_concept.name])),
+        },
+    )
+    return {
+        "base_model": MODEL_NAME,
+        "concepts": [
+            {
+                "targets": list(toy_concept.surface_forms),
+                "kind": toy_concept.kind,
+                "anchor": "",
+                "templates": list(erasure_templates(toy_concept.kind)),
+            }
+        ],
+        "preservation_prompt_set": prompt_set["id"],
+        "name": f"toy-sd without {toy_concept.name}",
+        **ERASURE_OPTIONS,
+    }
+
+
+def _draw_rows(client: Client, model: dict, rows) -> list:
+    return [
+        _image(client, {**model, "prompt": prompt, "seed": seed, "num_inference_steps": 25})
+        for seed, (prompt, _labels, _erased) in enumerate(rows)
+    ]
+
+
+def _run_against_server(args, out: Path, env: dict, key: str, port: int, log) -> int:
     base_url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
@@ -142,31 +224,23 @@ def _run_against_server(args, out: Path, env: dict, key: str, port: int, log) ->
     try:
         _wait_healthy(base_url, server)
         client = Client(base_url, key)
-        picture = {"prompt": args.prompt, "seed": 3, "num_inference_steps": 25}
-        print(f"3. generating {args.prompt!r} with the base model")
-        before = _image(client, {"base_model": MODEL_NAME, **picture})
-        print(f"4. POST /erasures: erasing {args.concept!r}")
-        job = client.json(
-            "POST",
-            "/erasures",
-            {
-                "base_model": MODEL_NAME,
-                "concepts": [args.concept],
-                "name": "demo",
-                "images_per_concept": 4,
-                "image_steps": 10,
-            },
-        )
+        toy_concept = args.toy_concept
+        rows = _demo_prompts(toy_concept.name)
+        print(f"3. generating {len(rows)} prompts with the base model")
+        before = _draw_rows(client, {"base_model": MODEL_NAME}, rows)
+        words = ", ".join(toy_concept.surface_forms)
+        print(f"4. POST /erasures: erasing the {toy_concept.kind} {toy_concept.name!r} ({words})")
+        job = client.json("POST", "/erasures", _erasure_request(client, toy_concept))
         job = _poll(client, job["id"])
         if job["status"] != "succeeded":
             sys.exit(f"the erasure ended {job['status']}: {job.get('error')}")
-        print(f"5. generating {args.prompt!r} with the erased model {job['model_id']}")
-        after = _image(client, {"model_id": job["model_id"], **picture})
+        print(f"5. generating the same prompts with the erased model {job['model_id']}")
+        after = _draw_rows(client, {"model_id": job["model_id"]}, rows)
         path = out / "before-after.png"
-        side_by_side(before, after, ("base model", f"erased: {args.concept}")).save(path)
+        _report(rows, before, after, toy_concept, path)
         model = client.json("GET", f"/models/{job['model_id']}")
         sizes = ", ".join(f"{a['kind']} {a['bytes']} B" for a in model["artifacts"])
-        print(f"done: {path}\n  stage timings: {job['stage_timings']}\n  artifacts: {sizes}")
+        print(f"  stage timings: {job['stage_timings']}\n  artifacts: {sizes}")
     finally:
         server.terminate()
         try:
@@ -174,3 +248,38 @@ def _run_against_server(args, out: Path, env: dict, key: str, port: int, log) ->
         except subprocess.TimeoutExpired:
             server.kill()
     return 0
+
+
+def _report(rows, before: list, after: list, toy_concept, path: Path) -> None:
+    """The judge's reading of every image, as a labelled grid and a summary line per side."""
+    import numpy as np
+
+    from worker.evaluation.image_grid import comparison_grid
+    from worker.toy.commands import default_judge
+    from worker.toy.dataset import LABEL_NAMES
+    from worker.toy.judge import images_to_tensor, load_judge
+
+    judge = load_judge(default_judge(None))
+    kind = toy_concept.kind
+    read = {}
+    for side, images in (("base", before), ("erased", after)):
+        batch = images_to_tensor(np.stack([np.asarray(im) for im in images]))
+        read[side] = [LABEL_NAMES[kind][i] for i in judge.predict(batch)[kind]]
+    grid_rows = []
+    for i, (prompt, labels, _erased) in enumerate(rows):
+        expected = getattr(labels, kind)
+        seen = f"judge: {read['base'][i]} | {read['erased'][i]} (asked: {expected})"
+        grid_rows.append((f"{prompt}\n{seen}", [before[i], after[i]]))
+    columns = ("base model", f"{toy_concept.name} erased")
+    comparison_grid(grid_rows, columns, cell=128).save(path)
+    for erased_side, what in ((True, f"naming {toy_concept.name}"), (False, "of other concepts")):
+        picked = [i for i, row in enumerate(rows) if row[2] == erased_side]
+        counts = [
+            sum(read[side][i] == getattr(rows[i][1], kind) for i in picked)
+            for side in ("base", "erased")
+        ]
+        print(
+            f"  prompts {what}: the judge sees what was asked in {counts[0]}/{len(picked)} "
+            f"base images and {counts[1]}/{len(picked)} erased images"
+        )
+    print(f"done: {path}")

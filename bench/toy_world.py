@@ -45,17 +45,13 @@ from worker.toy.commands import SHIPPED_MODEL, default_judge, pipeline_dir  # no
 from worker.toy.judge import load_judge  # noqa: E402
 from worker.toy.prompts import (  # noqa: E402
     CONCEPTS,
-    describe,
-    random_wording,
-    training_captions,
+    captions_without,
+    erasure_templates,
 )
 from worker.toy.scoring import score_concepts  # noqa: E402
-from worker.toy.world import random_labels  # noqa: E402
 
 SEED = 0
 METHODS = {"full": ("cfr", "lora", "fusion"), "cfr_only": ("cfr",), "lora_only": ("lora", "fusion")}
-TEMPLATE_COUNT = 30
-PRESERVATION_CAPTIONS = 200
 
 
 def erasure_order(kind: str, seed: int = SEED) -> list[str]:
@@ -66,35 +62,6 @@ def erasure_order(kind: str, seed: int = SEED) -> list[str]:
     with_synonyms = [c.name for c in concepts if c.has_synonyms]
     without = [c.name for c in concepts if not c.has_synonyms]
     return [str(n) for n in (*rng.permutation(with_synonyms), *rng.permutation(without))]
-
-
-def grammar_templates(kind: str, count: int = TEMPLATE_COUNT, seed: int = SEED) -> tuple[str, ...]:
-    """`count` distinct prompts of the toy grammar with "{}" where a concept of `kind` goes."""
-    rng = np.random.default_rng([seed, 11, 0 if kind == "object" else 1])
-    templates: dict[str, None] = {}
-    while len(templates) < count:
-        labels = random_labels(rng)
-        if kind == "object":
-            wording = random_wording(labels, rng, object_form="{}")
-        else:
-            wording = random_wording(labels, rng, style_form="{}")
-        text = describe(labels, wording, rng)
-        if text.count("{}") == 1:
-            templates[text] = None
-    return tuple(templates)
-
-
-def preservation_captions(erased: list[str], count: int = PRESERVATION_CAPTIONS) -> tuple[str, ...]:
-    """Toy training captions that name none of the erased concepts' surface forms."""
-    words = {form for c in CONCEPTS if c.name in erased for form in c.surface_forms}
-    captions = []
-    for caption, _labels in training_captions(SEED + 1):
-        padded = f" {caption.replace(',', ' ')} "
-        if not any(f" {w} " in padded for w in words):
-            captions.append(caption)
-        if len(captions) == count:
-            break
-    return tuple(captions)
 
 
 def harmonic_mean(values: list[float]) -> float:
@@ -141,14 +108,14 @@ class ToyBench:
         return score_concepts(self.pipe, self.judge, per_concept=self.per_concept, seed=SEED)
 
     def groups(self, erased: list[str], kind: str) -> list[ConceptGroup]:
-        templates = grammar_templates(kind)
+        templates = erasure_templates(kind)
         forms = {c.name: c.surface_forms[0] for c in CONCEPTS}
         return [ConceptGroup((forms[n],), kind, "", templates=templates) for n in erased]
 
     def run(self, kind: str, erased: list[str], method: str) -> tuple[dict, dict]:
         options = ErasureOptions(
             stages=METHODS[method],
-            preservation_prompts=preservation_captions(erased),
+            preservation_prompts=captions_without(erased),
             seed=SEED,
             **self.options,
         )
@@ -271,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 "per_concept": args.per_concept,
                 "sampling_steps": 25,
                 "options": options,
-                "templates": {k: list(grammar_templates(k)) for k in args.kinds},
+                "templates": {k: list(erasure_templates(k)) for k in args.kinds},
                 "anchor": "",
                 "seed": SEED,
             },

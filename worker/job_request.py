@@ -66,9 +66,10 @@ def _group(concept) -> ConceptGroup:
         return ConceptGroup.parse(concept)
     targets = concept.get("targets") or ()
     kind = concept.get("kind") or "object"
+    templates = tuple(concept.get("templates") or ())
     if isinstance(targets, str):
-        return ConceptGroup.parse(targets, kind, concept.get("anchor"))
-    return ConceptGroup(tuple(targets), kind, concept.get("anchor"))
+        targets = ConceptGroup.parse(targets, kind).targets
+    return ConceptGroup(tuple(targets), kind, concept.get("anchor"), templates)
 
 
 def recorded_options(request: ErasureRequest) -> dict:

@@ -49,6 +49,32 @@ class ConceptGroupIn(BaseModel):
     anchor: OptionalPhrase | None = Field(
         default=None, description="what the concept is mapped to; default by kind"
     )
+    templates: list[Phrase] | None = Field(
+        default=None,
+        description='prompt templates with "{}" where the phrase goes, for models with their own '
+        "prompt language; default: the kind's templates",
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, templates: list[str] | None) -> list[str] | None:
+        if templates is None:
+            return None
+        limit = get_settings().MAX_TARGETS_PER_GROUP
+        if not templates or len(templates) > limit:
+            raise ValueError(f"give 1 to {limit} templates, or leave the field out")
+        for template in templates:
+            if template.count("{}") != 1:
+                raise ValueError(f'each template must hold "{{}}" exactly once: {template!r}')
+        return templates
+
+    def stored(self) -> dict:
+        """The group as stored on the job; `templates` only when given, so requests made
+        without it keep the sha256 they had before the field existed."""
+        record = self.model_dump()
+        if record["templates"] is None:
+            del record["templates"]
+        return record
 
     @field_validator("targets")
     @classmethod
@@ -164,7 +190,7 @@ class ErasureCreate(BaseModel):
         """The request as stored on the job: groups expanded, kind defaults left as None."""
         return {
             "base_model": self.base_model,
-            "concepts": [group.model_dump() for group in self.concepts],
+            "concepts": [group.stored() for group in self.concepts],
             "stages": list(self.stages),
             "options": {name: getattr(self, name) for name in OPTION_FIELDS},
             "preservation_prompt_set": self.preservation_prompt_set,

@@ -42,14 +42,25 @@ def test_stored_request_is_normalised(api):
     base = api.base_model()
     body = concept_body(
         base.name,
-        concepts=["  cat ,kitten,, ", {"targets": ["van  gogh"], "kind": "style"}],
+        concepts=[
+            "  cat ,kitten,, ",
+            {"targets": ["van  gogh"], "kind": "style"},
+            {"targets": ["star"], "anchor": "", "templates": ["a  red {}", "an icon of a {}"]},
+        ],
         stages=["fusion", "lora"],
     )
     job = api.post("/erasures", json=body).json()
     request = api.job(job["id"]).request
+    # `templates` is stored only when given, so older requests keep their sha256.
     assert request["concepts"] == [
         {"targets": ["cat", "kitten"], "kind": "object", "anchor": None},
         {"targets": ["van gogh"], "kind": "style", "anchor": None},
+        {
+            "targets": ["star"],
+            "kind": "object",
+            "anchor": "",
+            "templates": ["a red {}", "an icon of a {}"],
+        },
     ]
     assert request["stages"] == ["lora", "fusion"]
     options = request["options"]

@@ -40,6 +40,14 @@ def test_request_becomes_engine_inputs_with_kind_defaults():
     assert (request.name, request.tags) == ("no van gogh", ["art"])
 
 
+def test_request_templates_reach_the_group():
+    concepts = [{"targets": ["star", "pentagram"], "anchor": "", "templates": ["a red {}"]}]
+    request = parse_request({**API_REQUEST, "concepts": concepts}, prompt_set=lambda _: [])
+    [group] = request.groups
+    assert group.templates == ("a red {}",) and group.image_template == "a red {}"
+    assert group.targets == ("star", "pentagram") and group.resolved_anchor == ""
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

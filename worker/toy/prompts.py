@@ -228,3 +228,34 @@ def vocabulary() -> dict[str, tuple[str, ...]]:
         "colours": tuple(COLOURS),
         "backgrounds": tuple(BACKGROUNDS),
     }
+
+
+def erasure_templates(kind: str, count: int = 30, seed: int = 0) -> tuple[str, ...]:
+    """`count` distinct prompts of the grammar with "{}" where a concept of `kind` goes: the
+    prompt templates an erasure on the toy model uses (`ConceptGroup.templates`)."""
+    rng = np.random.default_rng([seed, 11, 0 if kind == "object" else 1])
+    templates: dict[str, None] = {}
+    while len(templates) < count:
+        labels = random_labels(rng)
+        if kind == "object":
+            wording = random_wording(labels, rng, object_form="{}")
+        else:
+            wording = random_wording(labels, rng, style_form="{}")
+        text = describe(labels, wording, rng)
+        if text.count("{}") == 1:
+            templates[text] = None
+    return tuple(templates)
+
+
+def captions_without(erased: Sequence[str], count: int = 200, seed: int = 1) -> tuple[str, ...]:
+    """`count` training captions that name none of the `erased` concepts' surface forms: the
+    preservation prompts of an erasure on the toy model."""
+    words = {form for c in CONCEPTS if c.name in erased for form in c.surface_forms}
+    captions = []
+    for caption, _labels in training_captions(seed):
+        padded = f" {caption.replace(',', ' ')} "
+        if not any(f" {w} " in padded for w in words):
+            captions.append(caption)
+        if len(captions) == count:
+            break
+    return tuple(captions)
