@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny SD-1.x pipeline, built offline once per session."""
+"""Shared fixtures: the tiny SD-1.x pipeline (random weights, built offline once per session)
+for fast unit tests, and the project's trained toy model for end-to-end ones."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ def tiny_model_dir(tmp_path_factory):
     from worker.erasure.tiny_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_model_dir():
+    """The shipped toy model's diffusers pipeline folder."""
+    from worker.toy.commands import SHIPPED_MODEL
+
+    pipeline = SHIPPED_MODEL / "pipeline"
+    if not (pipeline / "model_index.json").is_file():
+        pytest.fail(f"no toy model in {pipeline}: `mace toy train --out {SHIPPED_MODEL}` makes it")
+    return pipeline
 
 
 @pytest.fixture(autouse=True, scope="session")

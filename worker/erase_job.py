@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.artifacts import object_key
@@ -22,7 +21,6 @@ from app.catalog import jobs
 from app.catalog.db import session_factory
 from app.catalog.models import Artifact, BaseModel, ErasedModel, ErasureJob, PromptSet
 from app.settings import get_settings
-from app.storage import StorageError
 from worker import runtime
 from worker.erasure.artifacts import write_erasure
 from worker.erasure.base_model import ModelIdentity
@@ -32,9 +30,9 @@ from worker.erasure.errors import ErasureCancelled, ErasureInputError
 from worker.job_claim import not_claimed
 from worker.job_lease import JobLease
 from worker.job_request import ErasureRequest, parse_request, recorded_options
+from worker.job_run import JobRun
 from worker.lora_checkpoints import drop_checkpoints, load_checkpoints, store_checkpoint
 from worker.model_records import record_erased_model, upload_erasure
-from worker.storage_retry import with_storage_retries
 
 logger = logging.getLogger(__name__)
 
@@ -64,31 +62,18 @@ def run_erasure_job(job_id: str) -> dict:
         return _ErasureRun(job, base, request, held).run()
 
 
-class _ErasureRun:
-    def __init__(self, job: ErasureJob, base: BaseModel, request: ErasureRequest, lease: JobLease):
-        self.job, self.base, self.request, self.lease = job, base, request, lease
-        self.settings = get_settings()
-        self.store = runtime.store()
+class _ErasureRun(JobRun):
+    table, noun, stored_what = ErasureJob, "job", "the artifacts"
 
-    def run(self) -> dict:
-        try:
-            result = self.erase()
-            if self.cancel_requested():
-                raise ErasureCancelled("the erasure was cancelled")
-            return self.publish(result)
-        except ErasureCancelled:
-            if self.lease.lost.is_set():
-                return {"status": "lost"}
-            return self.finish("cancelled", error=None)
-        except ErasureInputError as exc:
-            return self.finish("failed", error=str(exc))
-        except StorageError as exc:
-            return self.finish("failed", error=f"the artifacts could not be stored: {exc}")
-        except SQLAlchemyError:
-            raise  # the task retries; the lease lets the job be taken over
-        except Exception as exc:
-            logger.exception("job %s failed", self.job.id)
-            return self.finish("failed", error=f"internal error: {type(exc).__name__}: {exc}")
+    def __init__(self, job: ErasureJob, base: BaseModel, request: ErasureRequest, lease: JobLease):
+        super().__init__(job, lease)
+        self.base, self.request = base, request
+
+    def work(self) -> dict:
+        result = self.erase()
+        if self.cancel_requested():
+            raise ErasureCancelled("the erasure was cancelled")
+        return self.publish(result)
 
     def erase(self):
         self.lease.progress("load", 0.0)
@@ -165,31 +150,9 @@ class _ErasureRun:
         logger.info("job %s: succeeded (%d artifacts)", self.job.id, len(uploaded))
         return {"status": "succeeded", "model_id": self.job.id}
 
-    def with_retries(self, action, what: str):
-        return with_storage_retries(
-            action,
-            what=what,
-            attempts=self.settings.STORAGE_ATTEMPTS,
-            backoff_s=self.settings.STORAGE_BACKOFF_S,
-            on_retry=self.lease.note,
-        )
-
     def cancel_requested(self) -> bool:
         with session_factory()() as db:
             return jobs.cancel_requested(db, self.job.id)
-
-    def finish(self, status: str, **values) -> dict:
-        with session_factory()() as db:
-            jobs.finish(
-                db,
-                self.job.id,
-                worker=self.lease.worker,
-                status=status,
-                stage_timings=dict(self.lease.timings),
-                **values,
-            )
-        logger.info("job %s: %s %s", self.job.id, status, values.get("error", ""))
-        return {"status": status, **values}
 
 
 def _prompts(db: Session, prompt_set_id: str) -> list[str]:

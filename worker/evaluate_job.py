@@ -12,7 +12,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.artifacts import object_key
@@ -21,13 +20,12 @@ from app.catalog.db import session_factory
 from app.catalog.models import Artifact, BaseModel, ErasedModel, EvaluationJob, Metric, PromptSet
 from app.catalog.models import now as utc_now
 from app.settings import get_settings
-from app.storage import StorageError
 from worker import runtime
 from worker.erasure.errors import ErasureCancelled, ErasureInputError
 from worker.job_claim import not_claimed
 from worker.job_lease import JobLease
+from worker.job_run import JobRun
 from worker.model_records import put_verified
-from worker.storage_retry import with_storage_retries
 
 logger = logging.getLogger(__name__)
 
@@ -139,33 +137,20 @@ class _ExperimentPlan:
         return cls(base, loaded, prompt_sets)
 
 
-class _EvaluationRun:
-    def __init__(self, job: EvaluationJob, plan: _EvaluationPlan, lease: JobLease):
-        self.job, self.plan, self.lease = job, plan, lease
-        self.settings = get_settings()
-        self.store = runtime.store()
+class _EvaluationRun(JobRun):
+    table, noun, stored_what = EvaluationJob, "evaluation", "the report"
 
-    def run(self) -> dict:
-        try:
-            with tempfile.TemporaryDirectory(prefix="mace-evaluation-") as scratch:
-                report = self.evaluate(Path(scratch))
-                if self.lease.should_cancel():
-                    raise ErasureCancelled("the evaluation was cancelled")
-                stored = self.upload(Path(scratch))
-            return self.publish(report, stored)
-        except ErasureCancelled:
-            if self.lease.lost.is_set():
-                return {"status": "lost"}
-            return self.finish("cancelled", error=None)
-        except ErasureInputError as exc:
-            return self.finish("failed", error=str(exc))
-        except StorageError as exc:
-            return self.finish("failed", error=f"the report could not be stored: {exc}")
-        except SQLAlchemyError:
-            raise
-        except Exception as exc:
-            logger.exception("evaluation %s failed", self.job.id)
-            return self.finish("failed", error=f"internal error: {type(exc).__name__}: {exc}")
+    def __init__(self, job: EvaluationJob, plan: _EvaluationPlan, lease: JobLease):
+        super().__init__(job, lease)
+        self.plan = plan
+
+    def work(self) -> dict:
+        with tempfile.TemporaryDirectory(prefix="mace-evaluation-") as scratch:
+            report = self.evaluate(Path(scratch))
+            if self.lease.should_cancel():
+                raise ErasureCancelled("the evaluation was cancelled")
+            stored = self.upload(Path(scratch))
+        return self.publish(report, stored)
 
     def evaluate(self, out_dir: Path) -> dict:
         if isinstance(self.plan, _ExperimentPlan):
@@ -255,12 +240,9 @@ class _EvaluationRun:
         for done, path in enumerate(files, start=1):
             relative = path.relative_to(folder).as_posix()
             key = f"evaluations/{self.job.id}/{relative}"
-            result = with_storage_retries(
+            result = self.with_retries(
                 lambda key=key, path=path: put_verified(self.store, key, path),
                 what=f"upload of {key}",
-                attempts=self.settings.STORAGE_ATTEMPTS,
-                backoff_s=self.settings.STORAGE_BACKOFF_S,
-                on_retry=self.lease.note,
             )
             stored[relative] = {"uri": result.uri, "bytes": result.bytes, "sha256": result.sha256}
             self.lease.progress("upload", done / len(files))
@@ -306,20 +288,6 @@ class _EvaluationRun:
             db.commit()
         logger.info("evaluation %s: succeeded (%d files)", self.job.id, len(stored))
         return {"status": "succeeded"}
-
-    def finish(self, status: str, **values) -> dict:
-        with session_factory()() as db:
-            jobs.finish(
-                db,
-                self.job.id,
-                worker=self.lease.worker,
-                status=status,
-                stage_timings=dict(self.lease.timings),
-                table=EvaluationJob,
-                **values,
-            )
-        logger.info("evaluation %s: %s %s", self.job.id, status, values.get("error", ""))
-        return {"status": status, **values}
 
 
 def _prompt_csv(folder: Path, prompts: list[str]) -> Path:

@@ -54,7 +54,7 @@ def test_every_template_and_synonym_is_used(counter):
 def test_a_group_with_its_own_templates_uses_them_everywhere():
     group = ConceptGroup(("star",), "object", "", templates=("a red {}", "a {} on a grid"))
     assert target_prompts(group) == ["a red star", "a star on a grid"]
-    assert group.image_template == "a red {}"
+    assert group.image_templates == group.templates
     assert group.to_dict()["templates"] == ["a red {}", "a {} on a grid"]
     plain = ConceptGroup(("star",), "object", "")
     assert len(target_prompts(plain)) == 30 and "templates" not in plain.to_dict()

@@ -207,5 +207,5 @@ def bucket(service_env):
 
 
 @pytest.fixture(scope="module")
-def base(catalog, tiny_model_dir):
-    return catalog.register_base(tiny_model_dir)
+def base(catalog, toy_model_dir):
+    return catalog.register_base(toy_model_dir)

@@ -1,5 +1,5 @@
 """The worker on the production stack: Postgres, Redis, moto's S3 and a real Celery worker process
-running erasure jobs on the tiny model, image generation and exports."""
+running erasure jobs on the toy model, image generation and exports."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def worker(service_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def erased(catalog, base, worker):
     """A two-group job run to the end, with every state the row went through."""
-    job_id = catalog.submit(base, [("cat", "kitten"), ("dog",)])
+    job_id = catalog.submit(base, [("star", "pentagram"), ("heart",)])
     seen = []
     job = catalog.wait_final(
         job_id, 120, watch=lambda j: seen.append((j.status, j.stage, j.progress))
@@ -60,7 +60,7 @@ def test_job_succeeds_with_verified_artifacts_and_lineage(catalog, bucket, base,
 
     [model] = catalog.models_of_job(job.id)
     assert model.id == job.id and model.base_model_id == base.id and model.parent_model_id is None
-    assert [c["targets"] for c in model.concepts] == [["cat", "kitten"], ["dog"]]
+    assert [c["targets"] for c in model.concepts] == [["star", "pentagram"], ["heart"]]
     assert model.options["cfr_lambda"] == 100.0  # the object kind's default, resolved
     assert model.options["lora_steps"] == 3 and model.seed == 0 and model.tags == ["test"]
 
@@ -88,12 +88,12 @@ def _png(encoded: str) -> np.ndarray:
 
 
 def test_generate_runs_the_erased_model_and_the_base(
-    catalog, bucket, base, erased, tiny_model_dir, tmp_path
+    catalog, bucket, base, erased, toy_model_dir, tmp_path
 ):
     job, _ = erased
     edit = artifacts_of(catalog, job.id)["edit"]
     settings = {
-        "prompt": "a photo of a cat",
+        "prompt": "a red star on a white background",
         "negative_prompt": None,
         "seed": 3,
         "num_inference_steps": 4,
@@ -118,7 +118,7 @@ def test_generate_runs_the_erased_model_and_the_base(
     assert all(result["seconds"] > 0 for result in results.values())
 
     # The same images come out of a pipeline built here: the worker applied exactly the edit.
-    pipe = load_pipeline(str(tiny_model_dir))
+    pipe = load_pipeline(str(toy_model_dir))
     path = tmp_path / "edit.safetensors"
     bucket.client.download_file(bucket.name, bucket.key(sent["erased"]["key"]), str(path))
     threads = torch.get_num_threads()
@@ -137,7 +137,7 @@ def test_generate_runs_the_erased_model_and_the_base(
 
 def test_chained_erasure_downloads_its_parent(catalog, base, erased):
     parent, _ = erased
-    job_id = catalog.submit(base, [("car",)], parent_model_id=parent.id)
+    job_id = catalog.submit(base, [("house",)], parent_model_id=parent.id)
     job = catalog.wait_final(job_id, 120)
     assert job.status == "succeeded", job.error
     [model] = catalog.models_of_job(job_id)
@@ -146,7 +146,7 @@ def test_chained_erasure_downloads_its_parent(catalog, base, erased):
 
 
 def test_cancel_stops_a_running_job(catalog, base, worker):
-    job_id = catalog.submit(base, [("boat",)], lora_steps=2000)
+    job_id = catalog.submit(base, [("fish",)], lora_steps=2000)
     catalog.wait(job_id, lambda j: j.status == "running" and j.stage == "lora", 60)
     with catalog.session() as db:
         jobs.request_cancel(db, job_id)

@@ -17,7 +17,7 @@ from app.storage import sha256_of
 from tests.service.worker_support import Catalog, WorkerProcess
 
 
-def test_embedded_worker_runs_a_job_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
+def test_embedded_worker_runs_a_job_end_to_end(tmp_path, toy_model_dir, monkeypatch):
     env = {"MACE_DATA_DIR": str(tmp_path / "data")}
     catalog = Catalog(env)
     assert catalog.settings.database_url.startswith("sqlite") and catalog.settings.embedded_broker
@@ -29,8 +29,8 @@ def test_embedded_worker_runs_a_job_end_to_end(tmp_path, tiny_model_dir, monkeyp
         get_settings.cache_clear()
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
-        base = catalog.register_base(tiny_model_dir)
-        job_id = catalog.submit(base, [("cat",)])
+        base = catalog.register_base(toy_model_dir)
+        job_id = catalog.submit(base, [("star",)])
         job = catalog.wait_final(job_id, 120)
         assert job.status == "succeeded", job.error
         assert job.progress == 1.0 and len(catalog.models_of_job(job_id)) == 1
@@ -53,7 +53,7 @@ def test_embedded_worker_runs_a_job_end_to_end(tmp_path, tiny_model_dir, monkeyp
                     "key": f"models/{job_id}/edit.safetensors",
                     "sha256": artifacts["edit"].sha256,
                 },
-                "prompt": "a photo of a cat",
+                "prompt": "a red star on a white background",
                 "seed": 1,
                 "num_inference_steps": 3,
             },

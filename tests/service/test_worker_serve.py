@@ -1,9 +1,11 @@
 """`mace serve` with only MACE_DATA_DIR: the API and its worker on SQLite, a local artifact folder
-and the filesystem broker, driven over HTTP from submit to download."""
+and the filesystem broker, driven over HTTP from submit to download, erasing a concept of the
+toy model for real: its judge reads the images the service draws before and after."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -12,6 +14,8 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image
 from sqlalchemy.orm import sessionmaker
 
 from app.catalog.api_keys import create_api_key
@@ -20,6 +24,10 @@ from app.catalog.db import make_engine
 from tests.service.conftest import free_port, wait_for_port
 from tests.service.worker_support import ROOT, WORKER_ENV, settings_of
 from worker.erasure.base_model import model_identity
+from worker.toy.commands import SHIPPED_MODEL
+from worker.toy.judge import JUDGE_FILE, load_judge
+from worker.toy.prompts import concept_prompts, erasure_templates
+from worker.toy.scoring import judged_correct
 
 
 def _children(pid: int) -> list[int]:
@@ -35,7 +43,24 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_serve_runs_the_api_and_a_worker_end_to_end(tmp_path, tiny_model_dir):
+# A quick erasure that still removes the concept from the toy model (the demo and the toy
+# benchmark use more images and the kind's default LoRA steps).
+ERASURE_OPTIONS = {"images_per_concept": 4, "image_steps": 10, "lora_steps": 20}
+RETAINED = ("heart", "house", "fish", "moon", "gear", "crown")
+
+
+def _judged(client: httpx.Client, model: dict, prompts: list, judge) -> np.ndarray:
+    """Whether the judge sees the asked-for object in each image drawn over HTTP."""
+    images = []
+    for seed, (prompt, _labels) in enumerate(prompts):
+        body = {**model, "prompt": prompt, "seed": seed, "num_inference_steps": 25}
+        response = client.post("/generate", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        images.append(np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")))
+    return judged_correct(judge, np.stack(images), [labels for _, labels in prompts], "object")
+
+
+def test_serve_erases_a_toy_concept_end_to_end(tmp_path, toy_model_dir):
     env = {**os.environ, **WORKER_ENV, "MACE_DATA_DIR": str(tmp_path / "data")}
     env = {k: v for k, v in env.items() if k not in ("MACE_DATABASE_URL", "MACE_BROKER_URL")}
     port = free_port()
@@ -48,19 +73,23 @@ def test_serve_runs_the_api_and_a_worker_end_to_end(tmp_path, tiny_model_dir):
         wait_for_port(port, timeout=90)  # migrated first, so the catalog is there
         engine = make_engine(settings_of(env).database_url)
         with sessionmaker(bind=engine)() as db:
-            identity = model_identity(str(tiny_model_dir))
-            register_base_model(db, name="tiny", source=str(tiny_model_dir), sha256=identity.sha256)
+            identity = model_identity(str(toy_model_dir))
+            register_base_model(db, name="toy", source=str(toy_model_dir), sha256=identity.sha256)
             _, key = create_api_key(db, role="operator", name="serve test")
         engine.dispose()
         client = httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
         )
-        body = {"base_model": "tiny", "concepts": ["cat"], "images_per_concept": 2,
-                "image_steps": 4, "lora_steps": 3}  # fmt: skip
+        concept = {
+            "targets": ["star", "pentagram"],
+            "anchor": "",
+            "templates": list(erasure_templates("object")),
+        }
+        body = {"base_model": "toy", "concepts": [concept], **ERASURE_OPTIONS}
         submitted = client.post("/erasures", json=body)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["id"]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while (job := client.get(f"/erasures/{job_id}").json())["status"] in ("queued", "running"):
             assert time.monotonic() < deadline, job
             time.sleep(0.3)
@@ -70,6 +99,16 @@ def test_serve_runs_the_api_and_a_worker_end_to_end(tmp_path, tiny_model_dir):
         download = client.get(f"/models/{job['model_id']}/artifacts/edit")
         assert download.status_code == 200
         assert hashlib.sha256(download.content).hexdigest() == edit["sha256"]
+
+        # The judge reads the images: stars are gone from the erased model, the others stay.
+        judge = load_judge(SHIPPED_MODEL / JUDGE_FILE)
+        stars = concept_prompts("star", 6, seed=5)
+        others = [concept_prompts(name, 1, seed=[6, i])[0] for i, name in enumerate(RETAINED)]
+        base, erased = {"base_model": "toy"}, {"model_id": job["model_id"]}
+        stars_before, stars_after = (_judged(client, m, stars, judge) for m in (base, erased))
+        others_before, others_after = (_judged(client, m, others, judge) for m in (base, erased))
+        assert stars_before.sum() >= 5 and stars_after.sum() <= 1, (stars_before, stars_after)
+        assert others_after.sum() >= others_before.sum() - 1, (others_before, others_after)
         client.close()
         workers = _children(serve.pid)
         assert workers, "mace serve started no worker"

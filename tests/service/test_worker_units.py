@@ -44,7 +44,7 @@ def test_request_templates_reach_the_group():
     concepts = [{"targets": ["star", "pentagram"], "anchor": "", "templates": ["a red {}"]}]
     request = parse_request({**API_REQUEST, "concepts": concepts}, prompt_set=lambda _: [])
     [group] = request.groups
-    assert group.templates == ("a red {}",) and group.image_template == "a red {}"
+    assert group.templates == ("a red {}",) and group.image_templates == ("a red {}",)
     assert group.targets == ("star", "pentagram") and group.resolved_anchor == ""
 
 

@@ -11,7 +11,7 @@ TINY_SIZE = ToyModelSize(
     text_width=32,
     text_layers=1,
     unet_channels=(32, 64),
-    unet_attention_levels=1,
+    unet_attention=(True, False),
     vae_channels=(16, 32),
 )
 

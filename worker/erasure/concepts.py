@@ -41,7 +41,7 @@ class ConceptGroup:
     kind: str = "object"
     anchor: str | None = None
     # The group's own prompt templates ("{}" = the phrase), for a model that speaks a language of
-    # its own; empty: the kind's templates. The first one also draws the stage-2 training images.
+    # its own; empty: the kind's templates. They also draw the stage-2 training images, in turn.
     templates: tuple[str, ...] = ()
     _resolved_anchor: str = field(init=False, repr=False, compare=False)
 
@@ -77,9 +77,9 @@ class ConceptGroup:
         return self.templates or TEMPLATES[self.kind]
 
     @property
-    def image_template(self) -> str:
-        """The prompt of the stage-2 training images."""
-        return self.templates[0] if self.templates else TRAINING_IMAGE_PROMPT[self.kind]
+    def image_templates(self) -> tuple[str, ...]:
+        """The prompts of the stage-2 training images, used in turn."""
+        return self.templates or (TRAINING_IMAGE_PROMPT[self.kind],)
 
     @property
     def defaults(self) -> KindDefaults:

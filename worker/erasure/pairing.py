@@ -84,7 +84,7 @@ def check_token_budget(counter: TokenCounter, group: ConceptGroup) -> None:
     """Raise if a phrase or the anchor does not fit in every template within the token limit."""
     budget = counter.max_length - 2  # BOS and EOS
     for text in (*group.targets, group.resolved_anchor):
-        for template in (*group.prompt_templates, group.image_template):
+        for template in (*group.prompt_templates, *group.image_templates):
             prefix, suffix = template.split("{}")
             used = len(counter.ids(prefix)) + len(counter.ids(suffix)) + len(counter.ids(text))
             if used > budget:

@@ -80,9 +80,9 @@ def generate_training_set(
 ) -> TrainingSet:
     """Generate the group's training images and their masks, reproducibly.
 
-    Image i shows target phrase `i mod len(targets)` in the group's `image_template`, generated
-    with a generator seeded by `image_seed(seed, group_index, i)`. Pass the base model: its
-    attention maps, captured during the same generation, make the `attention` masks.
+    Image i shows target phrase `i mod len(targets)` in image template `i mod len(image_templates)`,
+    generated with a generator seeded by `image_seed(seed, group_index, i)`. Pass the base model:
+    its attention maps, captured during the same generation, make the `attention` masks.
 
     Args:
         pipe: a diffusers `StableDiffusionPipeline`.
@@ -104,12 +104,13 @@ def generate_training_set(
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = height or native, width or native
     latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    template = group.image_template
+    templates = group.image_templates
     images, image_masks, prompts, phrases, seeds = [], [], [], [], []
     for index in range(count):
         if should_cancel is not None and should_cancel():
             raise ErasureCancelled(f"cancelled while generating images for {group.name!r}")
         phrase = group.targets[index % len(group.targets)]
+        template = templates[index % len(templates)]
         prompt = fill(template, phrase)
         image_seed_value = image_seed(seed, group_index, index)
         generator = torch.Generator("cpu").manual_seed(image_seed_value)

@@ -34,7 +34,11 @@ class ToyModelSize:
     text_width: int = 64
     text_layers: int = 3
     unet_channels: tuple[int, ...] = (32, 64, 128, 128)
-    unet_attention_levels: int = 3  # the first levels get cross-attention, the rest plain convs
+    # Which levels get (self- and cross-) attention. Not the full-resolution one: on a CPU its
+    # self-attention over 256 positions cost as much as all the convolutions.
+    unet_attention: tuple[bool, ...] = (False, True, True, False)
+    # One head of the level's width: diffusers' CPU attention kernel is slow on narrow heads.
+    unet_attention_heads: int = 1
     vae_channels: tuple[int, ...] = (32, 32)
 
 
@@ -59,8 +63,9 @@ def build_text_encoder(size: ToyModelSize):
 def build_unet(size: ToyModelSize):
     from diffusers import UNet2DConditionModel
 
-    levels = len(size.unet_channels)
-    attention = [i < size.unet_attention_levels for i in range(levels)]
+    attention = size.unet_attention
+    if len(attention) != len(size.unet_channels) or not any(attention):
+        raise ValueError("unet_attention needs one flag per level, and at least one True")
     down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention]
     up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)]
     return UNet2DConditionModel(
@@ -72,7 +77,8 @@ def build_unet(size: ToyModelSize):
         down_block_types=tuple(down),
         up_block_types=tuple(up),
         cross_attention_dim=size.text_width,
-        attention_head_dim=4,  # diffusers reads this as the number of heads in SD 1.x UNets
+        # diffusers reads this as the number of heads in SD 1.x UNets
+        attention_head_dim=size.unet_attention_heads,
         norm_num_groups=16,
     )
 
