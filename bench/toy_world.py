@@ -227,30 +227,34 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(timing)
                 results.append(row)
                 _log(f"  H {row['H']:.3f} (e {row['efficacy']:.3f}, s {row['specificity']:.3f})")
-    table = format_table(results, base)
-    print(table, flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "results": results,
-            "base": base,
-            "settings": {
-                "per_concept": args.per_concept,
-                "sampling_steps": 25,
-                "options": options,
-                "templates": {k: list(erasure_templates(k)) for k in args.kinds},
-                "anchor": "",
-                "seed": SEED,
-            },
-            "environment": {
-                "cpu_count": os.cpu_count(),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-        }
-        args.json.write_text(json.dumps(payload, indent=2))
+                if args.json:
+                    write_json(args.json, results, base, args, options)
+    print(format_table(results, base), flush=True)
     return 0
+
+
+def write_json(path: Path, results: list[dict], base: dict, args, options: dict) -> None:
+    """The results so far (rewritten after every row, so an interrupted run keeps them)."""
+    payload = {
+        "results": results,
+        "base": base,
+        "settings": {
+            "per_concept": args.per_concept,
+            "sampling_steps": 25,
+            "options": options,
+            "templates": {k: list(erasure_templates(k)) for k in args.kinds},
+            "anchor": "",
+            "seed": SEED,
+        },
+        "environment": {
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":
