@@ -157,7 +157,7 @@ def _add_toy(sub) -> None:
     toy_sub = toy.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
     p = toy_sub.add_parser("train", help="train the toy model from scratch (resumable)")
     p.add_argument("--out", required=True, help="output folder (pipeline/, log, checkpoint/)")
-    p.add_argument("--minutes", type=float, default=80.0, help="time budget (default 80)")
+    p.add_argument("--minutes", type=float, default=90.0, help="time budget (default 90)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--judge", help="judge weights (default: in --out, else the shipped judge)")

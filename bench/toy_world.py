@@ -185,6 +185,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--judge", type=Path, help="the judge (default: next to the model)")
     p.add_argument("--lora-steps", type=int, help="stage-2 steps per concept (kind default)")
     p.add_argument("--images", type=int, default=8, help="stage-2 images per concept")
+    p.add_argument("--lora-lr", type=float, help="stage-2 learning rate (kind default)")
+    p.add_argument("--cfr-lambda", type=float, help="CFR regulariser (kind default)")
+    p.add_argument(
+        "--preservation-weight", type=float, help="preservation captions' weight (kind default)"
+    )
     p.add_argument("--json", type=Path, help="write {'results': [...]} here")
     args = p.parse_args(argv)
     args.erase = [int(n) for n in args.erase.split(",") if n.strip()]
@@ -203,8 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no judge next to {args.model}; train one with `mace toy train-judge`")
     torch.manual_seed(SEED)
     options = {"images_per_concept": args.images, "image_steps": 25}
-    if args.lora_steps:
-        options["lora_steps"] = args.lora_steps
+    for flag, option in (
+        ("lora_steps", "lora_steps"),
+        ("lora_lr", "lora_learning_rate"),
+        ("cfr_lambda", "cfr_lambda"),
+        ("preservation_weight", "preservation_weight"),
+    ):
+        if getattr(args, flag) is not None:
+            options[option] = getattr(args, flag)
     bench = ToyBench(args.model, judge, args.per_concept, options)
     started = time.perf_counter()
     base_scores = bench.score()

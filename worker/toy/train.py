@@ -51,7 +51,7 @@ CHECKPOINT_DIR = "checkpoint"
 class TrainingPlan:
     """Everything a run depends on besides its seed's draws; recorded in the log."""
 
-    minutes: float = 80.0
+    minutes: float = 90.0
     seed: int = 0
     scenes: int = 50_000
     batch_size: int = 64
