@@ -147,13 +147,11 @@ def _demo_prompts(name: str) -> list[tuple[str, object, bool]]:
 
 
 def run_demo(args) -> int:
-    from worker.toy.prompts import concept
+    from worker.toy.prompts import CONCEPTS, concept
 
     try:
         args.toy_concept = concept(args.concept)
     except KeyError:
-        from worker.toy.prompts import CONCEPTS
-
         sys.exit(
             f"--concept {args.concept!r} is not in the toy world; use one of: "
             + ", ".join(c.name for c in CONCEPTS)
@@ -180,7 +178,7 @@ def run_demo(args) -> int:
 def _erasure_request(client: Client, toy_concept) -> dict:
     """The toy world's erasure: its own prompt language, the empty anchor, and its captions
     without the concept as preservation prompts."""
-    from worker.toy.prompts import captions_without, erasure_templates
+    from worker.toy.prompts import ERASURE_SETTINGS, captions_without, erasure_templates
 
     prompt_set = client.json(
         "POST",
@@ -203,6 +201,7 @@ def _erasure_request(client: Client, toy_concept) -> dict:
         "preservation_prompt_set": prompt_set["id"],
         "name": f"toy-sd without {toy_concept.name}",
         **ERASURE_OPTIONS,
+        **ERASURE_SETTINGS,
     }
 
 

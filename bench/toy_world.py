@@ -12,8 +12,17 @@ canonical prompts and synonym prompts, 25 sampling steps) and the judge reads th
     generality   1 - judge accuracy on the erased concepts' synonym prompts
     H            harmonic mean of the three
 
+With them, as context: the efficacy the base model already has on the erased concepts, and the
+specificity drop over the retained concepts of the erased kind only.
+
 The prompts MACE itself uses are the toy grammar's (the group's own templates), the preservation
 prompts are toy captions that name no erased concept, and the anchor is the empty phrase.
+
+Two settings differ from the kind defaults (which are the paper's, for Stable Diffusion), unless
+`--kind-defaults` is given: the LoRA learning rate is 3e-3 and fusion keeps the preservation
+captions with weight 1. At the paper's rates (1e-5 for objects) the LoRAs barely move this
+model's 64-wide text space, so full MACE equals CFR only; at 3e-3 without fusion preservation
+the LoRAs' change spreads to every prompt.
 
     python bench/toy_world.py --erase 1,5,20 --json bench/results/toy_world.json
 """
@@ -45,7 +54,9 @@ from worker.toy.commands import SHIPPED_MODEL, default_judge, pipeline_dir  # no
 from worker.toy.judge import load_judge  # noqa: E402
 from worker.toy.prompts import (  # noqa: E402
     CONCEPTS,
+    ERASURE_SETTINGS,
     captions_without,
+    concept,
     erasure_templates,
 )
 from worker.toy.scoring import score_concepts  # noqa: E402
@@ -71,12 +82,21 @@ def harmonic_mean(values: list[float]) -> float:
 
 
 def figures(scores, base, erased: list[str]) -> dict:
-    """Efficacy, specificity (and its drop against the base), generality and H."""
+    """Efficacy, specificity (and its drop against the base), generality and H.
+
+    Two context figures come along: the efficacy the base model already has (a concept it draws
+    badly looks erased), and specificity over the retained concepts of the erased kind only
+    (specificity over all retained concepts is bounded by the base's accuracy on the other kind).
+    """
+
+    def mean(of, names):
+        return statistics.mean(of.per_concept[n] for n in names)
+
     retained = [n for n in scores.per_concept if n not in erased]
+    same_kind = [n for n in retained if concept(n).kind == concept(erased[0]).kind]
     with_synonyms = [n for n in erased if n in scores.per_synonym_concept]
-    efficacy = 1 - statistics.mean(scores.per_concept[n] for n in erased)
-    specificity = statistics.mean(scores.per_concept[n] for n in retained)
-    base_specificity = statistics.mean(base.per_concept[n] for n in retained)
+    efficacy = 1 - mean(scores, erased)
+    specificity = mean(scores, retained)
     generality = (
         1 - statistics.mean(scores.per_synonym_concept[n] for n in with_synonyms)
         if with_synonyms
@@ -85,9 +105,12 @@ def figures(scores, base, erased: list[str]) -> dict:
     parts = [efficacy, specificity] + ([generality] if with_synonyms else [])
     return {
         "efficacy": round(efficacy, 4),
+        "efficacy_base": round(1 - mean(base, erased), 4),
         "specificity": round(specificity, 4),
-        "specificity_base": round(base_specificity, 4),
-        "specificity_drop": round(base_specificity - specificity, 4),
+        "specificity_base": round(mean(base, retained), 4),
+        "specificity_drop": round(mean(base, retained) - specificity, 4),
+        "specificity_same_kind": round(mean(scores, same_kind), 4),
+        "specificity_same_kind_drop": round(mean(base, same_kind) - mean(scores, same_kind), 4),
         "generality": None if math.isnan(generality) else round(generality, 4),
         "generality_concepts": len(with_synonyms),
         "H": round(harmonic_mean(parts), 4),
@@ -153,10 +176,12 @@ def _log(message: str) -> None:
 
 def format_table(results: list[dict], base: dict) -> str:
     head = (
-        f"{'kind':6} {'n':>3} {'method':10} {'efficacy':>8} {'specif.':>8} {'drop':>7} "
-        f"{'general.':>8} {'H':>6} {'seconds':>8}  stage seconds"
+        f"{'kind':6} {'n':>3} {'method':10} {'efficacy':>8} {'(base)':>6} {'specif.':>8} "
+        f"{'drop':>7} {'(kind)':>7} {'general.':>8} {'H':>6} {'seconds':>8}  stage seconds"
     )
     lines = [
+        "(base): the efficacy the base model already has; (kind): the drop over retained "
+        "concepts of the erased kind only",
         f"base model: judge accuracy {base['mean']:.3f} over {base['concepts']} concepts "
         f"(objects {base['object_mean']:.3f}, styles {base['style_mean']:.3f}), "
         f"synonym prompts {base['synonym_mean']:.3f}",
@@ -169,8 +194,9 @@ def format_table(results: list[dict], base: dict) -> str:
         stages = ", ".join(f"{k} {v:g}" for k, v in r["stage_seconds"].items())
         lines.append(
             f"{r['kind']:6} {r['n']:>3} {r['method']:10} {r['efficacy']:>8.3f} "
-            f"{r['specificity']:>8.3f} {r['specificity_drop']:>+7.3f} {general:>8} "
-            f"{r['H']:>6.3f} {r['seconds']:>8.1f}  {stages}"
+            f"{r['efficacy_base']:>6.3f} {r['specificity']:>8.3f} {r['specificity_drop']:>+7.3f} "
+            f"{r['specificity_same_kind_drop']:>+7.3f} {general:>8} {r['H']:>6.3f} "
+            f"{r['seconds']:>8.1f}  {stages}"
         )
     return "\n".join(lines)
 
@@ -185,10 +211,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--judge", type=Path, help="the judge (default: next to the model)")
     p.add_argument("--lora-steps", type=int, help="stage-2 steps per concept (kind default)")
     p.add_argument("--images", type=int, default=8, help="stage-2 images per concept")
-    p.add_argument("--lora-lr", type=float, help="stage-2 learning rate (kind default)")
+    p.add_argument("--lora-lr", type=float, help="stage-2 learning rate (default 3e-3)")
     p.add_argument("--cfr-lambda", type=float, help="CFR regulariser (kind default)")
     p.add_argument(
         "--preservation-weight", type=float, help="preservation captions' weight (kind default)"
+    )
+    p.add_argument(
+        "--fusion-preservation-weight",
+        type=float,
+        help="fusion's preservation weight (default 1)",
+    )
+    p.add_argument(
+        "--kind-defaults",
+        action="store_true",
+        help="use the kind defaults for every setting not given by a flag",
     )
     p.add_argument("--json", type=Path, help="write {'results': [...]} here")
     args = p.parse_args(argv)
@@ -208,11 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no judge next to {args.model}; train one with `mace toy train-judge`")
     torch.manual_seed(SEED)
     options = {"images_per_concept": args.images, "image_steps": 25}
+    if not args.kind_defaults:
+        options.update(ERASURE_SETTINGS)
     for flag, option in (
         ("lora_steps", "lora_steps"),
         ("lora_lr", "lora_learning_rate"),
         ("cfr_lambda", "cfr_lambda"),
         ("preservation_weight", "preservation_weight"),
+        ("fusion_preservation_weight", "fusion_preservation_weight"),
     ):
         if getattr(args, flag) is not None:
             options[option] = getattr(args, flag)
