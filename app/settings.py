@@ -45,6 +45,7 @@ class Settings(BaseSettings):
 
     MAX_CONCEPT_GROUPS: int = 1000
     MAX_TARGETS_PER_GROUP: int = 16
+    MAX_TEMPLATES_PER_GROUP: int = 64  # the engine's own lists are 30 to 40 per kind
     MAX_TEXT_LENGTH: int = 300
     MAX_BODY_BYTES: int = 2 * 1024 * 1024
     MAX_IMAGE_SIDE: int = 1024

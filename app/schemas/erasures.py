@@ -20,7 +20,6 @@ Stage = Literal["cfr", "lora", "fusion"]
 MaskProvider = Literal["attention", "full", "grounded-sam"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STAGES: tuple[str, ...] = ("cfr", "lora", "fusion")
-MAX_TEMPLATES_PER_GROUP = 64  # the engine's own lists are 30 to 40 per kind
 
 # Engine options stored under request["options"], named as the engine's ErasureOptions fields.
 OPTION_FIELDS = (
@@ -61,7 +60,7 @@ class ConceptGroupIn(BaseModel):
     def _templates(cls, templates: list[str] | None) -> list[str] | None:
         if templates is None:
             return None
-        limit = MAX_TEMPLATES_PER_GROUP
+        limit = get_settings().MAX_TEMPLATES_PER_GROUP
         if not templates or len(templates) > limit:
             raise ValueError(f"give 1 to {limit} templates, or leave the field out")
         for template in templates:

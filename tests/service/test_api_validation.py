@@ -22,6 +22,10 @@ BAD_VALUES = [
     ({"concepts": [{"targets": ["cat"], "templates": ["a cat"]}]}, ["concepts", 0, "templates"]),
     ({"concepts": [{"targets": ["cat"], "templates": ["{} {}"]}]}, ["concepts", 0, "templates"]),
     ({"concepts": [{"targets": ["cat"], "templates": "a {}"}]}, ["concepts", 0, "templates"]),
+    (
+        {"concepts": [{"targets": ["cat"], "templates": [f"a {{}} {i}" for i in range(65)]}]},
+        ["concepts", 0, "templates"],
+    ),
     ({"cfr_lambda": -1}, ["cfr_lambda"]),
     ({"preservation_weight": "heavy"}, ["preservation_weight"]),
     ({"lora_learning_rate": 0}, ["lora_learning_rate"]),
