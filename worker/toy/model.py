@@ -31,7 +31,7 @@ SCHEDULER_CONFIG = dict(
 class ToyModelSize:
     """The widths that set the model's cost; the defaults are the shipped model's."""
 
-    text_width: int = 64
+    text_width: int = 96
     text_layers: int = 3
     unet_channels: tuple[int, ...] = (32, 64, 128, 128)
     # Which levels get (self- and cross-) attention. Not the full-resolution one: on a CPU its

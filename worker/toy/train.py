@@ -53,7 +53,7 @@ class TrainingPlan:
 
     minutes: float = 90.0
     seed: int = 0
-    scenes: int = 50_000
+    scenes: int = 100_000
     batch_size: int = 64
     vae_batch_size: int = 32
     vae_share: float = 0.1  # of the budget
