@@ -20,9 +20,8 @@ prompts are toy captions that name no erased concept, and the anchor is the empt
 
 Two settings differ from the kind defaults (which are the paper's, for Stable Diffusion), unless
 `--kind-defaults` is given: the LoRA learning rate is 3e-3 and fusion keeps the preservation
-captions with weight 1. At the paper's rates (1e-5 for objects) the LoRAs barely move this
-model's 64-wide text space, so full MACE equals CFR only; at 3e-3 without fusion preservation
-the LoRAs' change spreads to every prompt.
+captions with weight 0.3 (`worker.toy.prompts.ERASURE_SETTINGS`). Without fusion's preservation
+term, CFR's change reaches every prompt of this small model.
 
     python bench/toy_world.py --erase 1,5,20 --json bench/results/toy_world.json
 """
@@ -219,7 +218,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--fusion-preservation-weight",
         type=float,
-        help="fusion's preservation weight (default 1)",
+        help="fusion's preservation weight (default 0.3)",
     )
     p.add_argument(
         "--kind-defaults",
