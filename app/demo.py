@@ -176,33 +176,12 @@ def run_demo(args) -> int:
 
 
 def _erasure_request(client: Client, toy_concept) -> dict:
-    """The toy world's erasure: its own prompt language, the empty anchor, and its captions
-    without the concept as preservation prompts."""
-    from worker.toy.prompts import ERASURE_SETTINGS, captions_without, erasure_templates
+    """The toy world's erasure: its own prompt language and anchors, and its captions without
+    the concept as preservation prompts."""
+    from worker.toy.prompts import erasure_request, preservation_prompt_set
 
-    prompt_set = client.json(
-        "POST",
-        "/prompt-sets",
-        {
-            "name": f"toy captions without {toy_concept.name}",
-            "prompts": list(captions_without([toy_concept.name])),
-        },
-    )
-    return {
-        "base_model": MODEL_NAME,
-        "concepts": [
-            {
-                "targets": list(toy_concept.surface_forms),
-                "kind": toy_concept.kind,
-                "anchor": "",
-                "templates": list(erasure_templates(toy_concept.kind)),
-            }
-        ],
-        "preservation_prompt_set": prompt_set["id"],
-        "name": f"toy-sd without {toy_concept.name}",
-        **ERASURE_OPTIONS,
-        **ERASURE_SETTINGS,
-    }
+    prompt_set = client.json("POST", "/prompt-sets", preservation_prompt_set([toy_concept.name]))
+    return erasure_request(toy_concept.name, MODEL_NAME, prompt_set["id"], ERASURE_OPTIONS)
 
 
 def _draw_rows(client: Client, model: dict, rows) -> list:

@@ -16,12 +16,13 @@ With them, as context: the efficacy the base model already has on the erased con
 specificity drop over the retained concepts of the erased kind only.
 
 The prompts MACE itself uses are the toy grammar's (the group's own templates), the preservation
-prompts are toy captions that name no erased concept, and the anchor is the empty phrase.
+prompts are toy captions that name no erased concept.
 
-Two settings differ from the kind defaults (which are the paper's, for Stable Diffusion), unless
-`--kind-defaults` is given: the LoRA learning rate is 3e-3 and fusion keeps the preservation
-captions with weight 0.3 (`worker.toy.prompts.ERASURE_SETTINGS`). Without fusion's preservation
-term, CFR's change reaches every prompt of this small model.
+Unless `--kind-defaults` is given, the toy world's settings replace some kind defaults (which are
+the paper's, for Stable Diffusion): `worker.toy.prompts.ERASURE_SETTINGS` (LoRA learning rate,
+fusion's preservation weight) and the anchors `worker.toy.prompts.ANCHORS` (a one-token word for
+objects instead of the empty phrase, whose position shift CFR would spread to every prompt;
+`--anchor ""` measures the empty phrase).
 
     python bench/toy_world.py --erase 1,5,20 --json bench/results/toy_world.json
 """
@@ -52,6 +53,7 @@ from worker.erasure.options import ErasureOptions  # noqa: E402
 from worker.toy.commands import SHIPPED_MODEL, default_judge, pipeline_dir  # noqa: E402
 from worker.toy.judge import load_judge  # noqa: E402
 from worker.toy.prompts import (  # noqa: E402
+    ANCHORS,
     CONCEPTS,
     ERASURE_SETTINGS,
     captions_without,
@@ -117,13 +119,16 @@ def figures(scores, base, erased: list[str]) -> dict:
 
 
 class ToyBench:
-    def __init__(self, model: Path, judge: Path, per_concept: int, options: dict):
+    def __init__(
+        self, model: Path, judge: Path, per_concept: int, options: dict, anchors: dict[str, str]
+    ):
         self.pipe = load_pipeline(str(pipeline_dir(model)))
         self.pipe.set_progress_bar_config(disable=True)
         self.identity = model_identity(str(pipeline_dir(model)))
         self.judge = load_judge(judge)
         self.per_concept = per_concept
         self.options = options
+        self.anchors = anchors  # kind -> anchor; a kind left out takes its default
         self.lora_only_loras: dict[str, dict] = {}  # concept -> factors on the base weights
 
     def score(self):
@@ -132,7 +137,8 @@ class ToyBench:
     def groups(self, erased: list[str], kind: str) -> list[ConceptGroup]:
         templates = erasure_templates(kind)
         forms = {c.name: c.surface_forms[0] for c in CONCEPTS}
-        return [ConceptGroup((forms[n],), kind, "", templates=templates) for n in erased]
+        anchor = self.anchors.get(kind)
+        return [ConceptGroup((forms[n],), kind, anchor, templates=templates) for n in erased]
 
     def run(self, kind: str, erased: list[str], method: str) -> tuple[dict, dict]:
         options = ErasureOptions(
@@ -167,6 +173,10 @@ class ToyBench:
             "stage_seconds": timings,
             "reused_loras": len(reused),
         }, scores
+
+
+def _rounded(accuracy: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 4) for name, value in accuracy.items()}
 
 
 def _log(message: str) -> None:
@@ -211,6 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-steps", type=int, help="stage-2 steps per concept (kind default)")
     p.add_argument("--images", type=int, default=8, help="stage-2 images per concept")
     p.add_argument("--lora-lr", type=float, help="stage-2 learning rate (default 3e-3)")
+    p.add_argument("--lora-rank", type=int, help="stage-2 LoRA rank (default 1)")
     p.add_argument("--cfr-lambda", type=float, help="CFR regulariser (kind default)")
     p.add_argument(
         "--preservation-weight", type=float, help="preservation captions' weight (kind default)"
@@ -225,6 +236,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="use the kind defaults for every setting not given by a flag",
     )
+    p.add_argument("--anchor", help="the anchor of every erased concept (default: the toy's)")
     p.add_argument("--json", type=Path, help="write {'results': [...]} here")
     args = p.parse_args(argv)
     args.erase = [int(n) for n in args.erase.split(",") if n.strip()]
@@ -243,18 +255,22 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no judge next to {args.model}; train one with `mace toy train-judge`")
     torch.manual_seed(SEED)
     options = {"images_per_concept": args.images, "image_steps": 25}
+    anchors = {} if args.kind_defaults else dict(ANCHORS)
+    if args.anchor is not None:
+        anchors = {kind: args.anchor for kind in ("object", "style")}
     if not args.kind_defaults:
         options.update(ERASURE_SETTINGS)
     for flag, option in (
         ("lora_steps", "lora_steps"),
         ("lora_lr", "lora_learning_rate"),
+        ("lora_rank", "lora_rank"),
         ("cfr_lambda", "cfr_lambda"),
         ("preservation_weight", "preservation_weight"),
         ("fusion_preservation_weight", "fusion_preservation_weight"),
     ):
         if getattr(args, flag) is not None:
             options[option] = getattr(args, flag)
-    bench = ToyBench(args.model, judge, args.per_concept, options)
+    bench = ToyBench(args.model, judge, args.per_concept, options, anchors)
     started = time.perf_counter()
     base_scores = bench.score()
     base = {**base_scores.to_dict(), "concepts": len(base_scores.per_concept)}
@@ -274,15 +290,17 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"kind": kind, "n": n, "method": method, "erased": erased}
                 row.update(figures(scores, base_scores, erased))
                 row.update(timing)
+                row["accuracy"] = _rounded(scores.per_concept)
+                row["synonym_accuracy"] = _rounded(scores.per_synonym_concept)
                 results.append(row)
                 _log(f"  H {row['H']:.3f} (e {row['efficacy']:.3f}, s {row['specificity']:.3f})")
                 if args.json:
-                    write_json(args.json, results, base, args, options)
+                    write_json(args.json, results, base, args, options, bench)
     print(format_table(results, base), flush=True)
     return 0
 
 
-def write_json(path: Path, results: list[dict], base: dict, args, options: dict) -> None:
+def write_json(path: Path, results: list[dict], base: dict, args, options: dict, bench) -> None:
     """The results so far (rewritten after every row, so an interrupted run keeps them)."""
     payload = {
         "results": results,
@@ -292,7 +310,9 @@ def write_json(path: Path, results: list[dict], base: dict, args, options: dict)
             "sampling_steps": 25,
             "options": options,
             "templates": {k: list(erasure_templates(k)) for k in args.kinds},
-            "anchor": "",
+            "anchors": {
+                k: bench.groups([erasure_order(k)[0]], k)[0].resolved_anchor for k in args.kinds
+            },
             "seed": SEED,
         },
         "environment": {

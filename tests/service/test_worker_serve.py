@@ -26,12 +26,7 @@ from tests.service.worker_support import ROOT, WORKER_ENV, settings_of
 from worker.erasure.base_model import model_identity
 from worker.toy.commands import SHIPPED_MODEL
 from worker.toy.judge import JUDGE_FILE, load_judge
-from worker.toy.prompts import (
-    ERASURE_SETTINGS,
-    captions_without,
-    concept_prompts,
-    erasure_templates,
-)
+from worker.toy.prompts import concept_prompts, erasure_request, preservation_prompt_set
 from worker.toy.scoring import judged_correct
 
 
@@ -50,7 +45,8 @@ def _gone(pid: int) -> bool:
 
 # A quick erasure that still removes the concept from the toy model (the demo and the toy
 # benchmark use more images and the kind's default LoRA steps). Like them, it takes the toy
-# world's settings and its captions without the concept as preservation prompts.
+# world's request (`worker.toy.prompts.erasure_request`): its settings, anchors and captions
+# without the concept as preservation prompts.
 ERASURE_OPTIONS = {"images_per_concept": 4, "image_steps": 10, "lora_steps": 20}
 RETAINED = ("heart", "house", "fish", "moon", "gear", "crown")
 
@@ -86,24 +82,9 @@ def test_serve_erases_a_toy_concept_end_to_end(tmp_path, toy_model_dir):
         client = httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
         )
-        concept = {
-            "targets": ["star", "pentagram"],
-            "anchor": "",
-            "templates": list(erasure_templates("object")),
-        }
-        captions = {
-            "name": "toy captions without star",
-            "prompts": list(captions_without(["star"])),
-        }
-        prompt_set = client.post("/prompt-sets", json=captions)
+        prompt_set = client.post("/prompt-sets", json=preservation_prompt_set(["star"]))
         assert prompt_set.status_code == 201, prompt_set.text
-        body = {
-            "base_model": "toy",
-            "concepts": [concept],
-            "preservation_prompt_set": prompt_set.json()["id"],
-            **ERASURE_OPTIONS,
-            **ERASURE_SETTINGS,
-        }
+        body = erasure_request("star", "toy", prompt_set.json()["id"], ERASURE_OPTIONS)
         submitted = client.post("/erasures", json=body)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["id"]

@@ -8,13 +8,18 @@ import re
 import numpy as np
 
 from worker.toy.prompts import (
+    ANCHORS,
     CONCEPTS,
     OBJECT_FORMS,
     STYLE_FORMS,
+    captions_without,
     concept,
     concept_prompts,
+    erasure_request,
+    preservation_prompt_set,
     training_captions,
     training_examples,
+    vocabulary,
 )
 from worker.toy.world import BACKGROUNDS, COLOURS, OBJECTS, STYLE_NAMES
 
@@ -69,3 +74,33 @@ def test_concept_prompts_use_the_requested_form_and_label():
         assert labels.object == "lightning"
         assert any(_says(prompt, f) for f in concept("lightning").surface_forms)
     assert concept_prompts("star", 5, seed=2) == concept_prompts("star", 5, seed=2)
+
+
+def test_anchors_are_one_token_words_the_world_never_says():
+    from worker.erasure.tokenizer import load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer()
+    words = {w for forms in vocabulary().values() for form in forms for w in form.split()}
+    for kind, anchor in ANCHORS.items():
+        assert len(tokenizer(anchor, add_special_tokens=False).input_ids) == 1, kind
+        assert anchor not in words
+        assert not any(
+            _says(caption, anchor)
+            for caption, _ in itertools.islice(training_captions(seed=0), 2000)
+        )
+
+
+def test_erasure_request_is_a_valid_body_naming_every_surface_form():
+    from app.schemas.erasures import ErasureCreate
+
+    prompt_set = preservation_prompt_set(["heart"])
+    assert prompt_set["prompts"] == list(captions_without(["heart"]))
+    body = erasure_request("heart", "toy-sd", "ps-1", {"images_per_concept": 4})
+    ErasureCreate.model_validate(body)
+    (group,) = body["concepts"]
+    assert group["targets"] == ["heart", "valentine"]
+    assert group["anchor"] == ANCHORS["object"]
+    assert all(t.count("{}") == 1 for t in group["templates"])
+    assert body["preservation_prompt_set"] == "ps-1"
+    assert body["images_per_concept"] == 4
+    assert erasure_request("dotted", "toy-sd", "ps-1", {})["concepts"][0]["kind"] == "style"

@@ -37,3 +37,28 @@ def test_shipped_pipeline_draws_the_named_objects():
         load_judge(MODEL / JUDGE_FILE), images, [labels for _, labels in prompts], "object"
     )
     assert correct.sum() >= 6
+
+
+def test_toy_object_anchor_keeps_cfr_off_the_retained_objects():
+    """CFR towards the empty anchor learns a one-position shift that moves every prompt; the
+    toy's one-token anchor pairs positions one to one and moves the retained objects far less."""
+    from worker.erasure.base_model import load_pipeline
+    from worker.erasure.cfr import closed_form_refine
+    from worker.erasure.concepts import ConceptGroup
+    from worker.erasure.encoding import PromptEncoder
+    from worker.erasure.statistics import cfr_statistics
+    from worker.toy.prompts import ANCHORS, OBJECT_FORMS, erasure_templates
+
+    pipe = load_pipeline(str(PIPELINE))
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+    retained = [forms[0] for name, forms in OBJECT_FORMS.items() if name != "star"]
+    prompts = encoder.encode([f"a red {o} on a striped background" for o in retained]).double()
+    between_objects = (prompts - prompts.mean(0)).norm()
+
+    def moved(anchor: str) -> float:
+        group = ConceptGroup(("star",), "object", anchor, templates=erasure_templates("object"))
+        transform = closed_form_refine(cfr_statistics(encoder, [group]), cfr_lambda=100).transform
+        change = prompts @ (transform - torch.eye(len(transform), dtype=torch.float64)).T
+        return float(change.norm() / between_objects)
+
+    assert moved(ANCHORS["object"]) < 0.6 * moved("")

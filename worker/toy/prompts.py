@@ -249,10 +249,15 @@ def erasure_templates(kind: str, count: int = 30, seed: int = 0) -> tuple[str, .
 
 # The settings an erasure on the toy model takes beyond the kind defaults (which are the paper's,
 # for Stable Diffusion). The LoRAs need a rate far above the paper's to move this small model at
-# all (even at 3e-3, LoRA only leaves a single erased object intact). Fusion's preservation term
-# keeps CFR's and the LoRAs' change off the other prompts; its weight trades efficacy against
-# specificity (0.3 gave the best harmonic mean at N = 5 and 20, `bench/toy_world.py`).
+# all. Fusion's preservation term keeps CFR's and the LoRAs' change off the other prompts; its
+# weight trades efficacy against specificity (`bench/toy_world.py` measures both).
 ERASURE_SETTINGS = {"lora_learning_rate": 3e-3, "fusion_preservation_weight": 0.3}
+
+# The anchors of toy erasures. The paper's empty anchor for objects moves every token after the
+# phrase one position left, and this small text encoder writes position strongly into its
+# outputs: CFR would learn that shift and move every prompt, erasing most retained objects too.
+# "shape" is one token the world never uses, so positions pair one to one.
+ANCHORS = {"object": "shape", "style": "art"}
 
 
 def captions_without(erased: Sequence[str], count: int = 200, seed: int = 1) -> tuple[str, ...]:
@@ -267,3 +272,38 @@ def captions_without(erased: Sequence[str], count: int = 200, seed: int = 1) -> 
         if len(captions) == count:
             break
     return tuple(captions)
+
+
+def preservation_prompt_set(erased: Sequence[str]) -> dict:
+    """The body of `POST /prompt-sets` holding the preservation captions for `erased`."""
+    return {
+        "name": f"toy captions without {', '.join(erased)}",
+        "prompts": list(captions_without(erased)),
+    }
+
+
+def erasure_request(name: str, base_model: str, prompt_set_id: str, options: dict) -> dict:
+    """The body of `POST /erasures` that erases toy concept `name` (all its surface forms).
+
+    Args:
+        name: a concept label of the world.
+        base_model: the catalogued toy model's name.
+        prompt_set_id: a prompt set made from `preservation_prompt_set([name])`.
+        options: engine options on top of the toy settings (image counts, steps ...).
+    """
+    c = concept(name)
+    return {
+        "base_model": base_model,
+        "concepts": [
+            {
+                "targets": list(c.surface_forms),
+                "kind": c.kind,
+                "anchor": ANCHORS[c.kind],
+                "templates": list(erasure_templates(c.kind)),
+            }
+        ],
+        "preservation_prompt_set": prompt_set_id,
+        "name": f"{base_model} without {name}",
+        **options,
+        **ERASURE_SETTINGS,
+    }
