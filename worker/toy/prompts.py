@@ -249,14 +249,16 @@ def erasure_templates(kind: str, count: int = 30, seed: int = 0) -> tuple[str, .
 
 # The settings an erasure on the toy model takes beyond the kind defaults (which are the paper's,
 # for Stable Diffusion). The LoRAs need a rate far above the paper's to move this small model at
-# all. Fusion's preservation term keeps CFR's and the LoRAs' change off the other prompts; its
-# weight trades efficacy against specificity (`bench/toy_world.py` measures both).
-ERASURE_SETTINGS = {"lora_learning_rate": 3e-3, "fusion_preservation_weight": 0.3}
+# all; rank 2 gave a higher harmonic mean than the paper's rank 1 at every N. Fusion's preservation
+# term keeps CFR's and the LoRAs' change off the other prompts; its weight trades efficacy
+# against specificity (`bench/toy_world.py` measures both).
+ERASURE_SETTINGS = {"lora_learning_rate": 3e-3, "lora_rank": 2, "fusion_preservation_weight": 0.3}
 
 # The anchors of toy erasures. The paper's empty anchor for objects moves every token after the
 # phrase one position left, and this small text encoder writes position strongly into its
 # outputs: CFR would learn that shift and move every prompt, erasing most retained objects too.
-# "shape" is one token the world never uses, so positions pair one to one.
+# "shape" is one token the world never uses, so positions pair one to one. Like every prompt
+# that names no object, it draws a ring or a circle, so those two erase least.
 ANCHORS = {"object": "shape", "style": "art"}
 
 
