@@ -19,10 +19,10 @@ The prompts MACE itself uses are the toy grammar's (the group's own templates), 
 prompts are toy captions that name no erased concept.
 
 Unless `--kind-defaults` is given, the toy world's settings replace some kind defaults (which are
-the paper's, for Stable Diffusion): `worker.toy.prompts.ERASURE_SETTINGS` (LoRA learning rate,
-fusion's preservation weight) and the anchors `worker.toy.prompts.ANCHORS` (a one-token word for
-objects instead of the empty phrase, whose position shift CFR would spread to every prompt;
-`--anchor ""` measures the empty phrase).
+the paper's, for Stable Diffusion): `worker.toy.prompts.ERASURE_SETTINGS` (LoRA learning rate and
+rank, fusion's preservation weight) and the anchors `worker.toy.prompts.ANCHORS` (a one-token
+word for objects instead of the empty phrase, whose position shift CFR would spread to every
+prompt; `--anchor ""` measures the empty phrase).
 
     python bench/toy_world.py --erase 1,5,20 --json bench/results/toy_world.json
 """
@@ -221,7 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-steps", type=int, help="stage-2 steps per concept (kind default)")
     p.add_argument("--images", type=int, default=8, help="stage-2 images per concept")
     p.add_argument("--lora-lr", type=float, help="stage-2 learning rate (default 3e-3)")
-    p.add_argument("--lora-rank", type=int, help="stage-2 LoRA rank (default 1)")
+    p.add_argument("--lora-rank", type=int, help="stage-2 LoRA rank (default 2)")
     p.add_argument("--cfr-lambda", type=float, help="CFR regulariser (kind default)")
     p.add_argument(
         "--preservation-weight", type=float, help="preservation captions' weight (kind default)"

@@ -256,7 +256,7 @@ ERASURE_SETTINGS = {"lora_learning_rate": 3e-3, "lora_rank": 2, "fusion_preserva
 
 # The anchors of toy erasures. The paper's empty anchor for objects moves every token after the
 # phrase one position left, and this small text encoder writes position strongly into its
-# outputs: CFR would learn that shift and move every prompt, erasing most retained objects too.
+# outputs: CFR would learn that shift and move every prompt, erasing many retained objects too.
 # "shape" is one token the world never uses, so positions pair one to one. Like every prompt
 # that names no object, it draws a ring or a circle, so those two erase least.
 ANCHORS = {"object": "shape", "style": "art"}
