@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from worker.erasure.base_model import load_pipeline, model_identity  # noqa: E402
-from worker.erasure.concepts import ConceptGroup  # noqa: E402
+from worker.erasure.concepts import KIND_DEFAULTS, ConceptGroup  # noqa: E402
 from worker.erasure.edit import EditedUnet  # noqa: E402
 from worker.erasure.erase import erase  # noqa: E402
 from worker.erasure.options import ErasureOptions  # noqa: E402
@@ -128,7 +128,7 @@ class ToyBench:
         self.judge = load_judge(judge)
         self.per_concept = per_concept
         self.options = options
-        self.anchors = anchors  # kind -> anchor; a kind left out takes its default
+        self.anchors = anchors  # kind -> anchor
         self.lora_only_loras: dict[str, dict] = {}  # concept -> factors on the base weights
 
     def score(self):
@@ -137,7 +137,7 @@ class ToyBench:
     def groups(self, erased: list[str], kind: str) -> list[ConceptGroup]:
         templates = erasure_templates(kind)
         forms = {c.name: c.surface_forms[0] for c in CONCEPTS}
-        anchor = self.anchors.get(kind)
+        anchor = self.anchors[kind]
         return [ConceptGroup((forms[n],), kind, anchor, templates=templates) for n in erased]
 
     def run(self, kind: str, erased: list[str], method: str) -> tuple[dict, dict]:
@@ -255,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no judge next to {args.model}; train one with `mace toy train-judge`")
     torch.manual_seed(SEED)
     options = {"images_per_concept": args.images, "image_steps": 25}
-    anchors = {} if args.kind_defaults else dict(ANCHORS)
+    anchors = {
+        kind: KIND_DEFAULTS[kind].anchor if args.kind_defaults else ANCHORS[kind]
+        for kind in ("object", "style")
+    }
     if args.anchor is not None:
-        anchors = {kind: args.anchor for kind in ("object", "style")}
+        anchors = dict.fromkeys(anchors, args.anchor)
     if not args.kind_defaults:
         options.update(ERASURE_SETTINGS)
     for flag, option in (
@@ -295,12 +298,14 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(row)
                 _log(f"  H {row['H']:.3f} (e {row['efficacy']:.3f}, s {row['specificity']:.3f})")
                 if args.json:
-                    write_json(args.json, results, base, args, options, bench)
+                    write_json(args.json, results, base, args, options, anchors)
     print(format_table(results, base), flush=True)
     return 0
 
 
-def write_json(path: Path, results: list[dict], base: dict, args, options: dict, bench) -> None:
+def write_json(
+    path: Path, results: list[dict], base: dict, args, options: dict, anchors: dict[str, str]
+) -> None:
     """The results so far (rewritten after every row, so an interrupted run keeps them)."""
     payload = {
         "results": results,
@@ -310,9 +315,7 @@ def write_json(path: Path, results: list[dict], base: dict, args, options: dict,
             "sampling_steps": 25,
             "options": options,
             "templates": {k: list(erasure_templates(k)) for k in args.kinds},
-            "anchors": {
-                k: bench.groups([erasure_order(k)[0]], k)[0].resolved_anchor for k in args.kinds
-            },
+            "anchors": {k: anchors[k] for k in args.kinds},
             "seed": SEED,
         },
         "environment": {

@@ -80,14 +80,12 @@ def test_anchors_are_one_token_words_the_world_never_says():
     from worker.erasure.tokenizer import load_clip_tokenizer
 
     tokenizer = load_clip_tokenizer()
-    words = {w for forms in vocabulary().values() for form in forms for w in form.split()}
+    captions = [caption for caption, _ in itertools.islice(training_captions(seed=0), 2000)]
+    said = {w for caption in captions for w in re.findall(r"\w+", caption)}
+    assert {w for forms in vocabulary().values() for form in forms for w in form.split()} <= said
     for kind, anchor in ANCHORS.items():
         assert len(tokenizer(anchor, add_special_tokens=False).input_ids) == 1, kind
-        assert anchor not in words
-        assert not any(
-            _says(caption, anchor)
-            for caption, _ in itertools.islice(training_captions(seed=0), 2000)
-        )
+        assert anchor not in said, kind
 
 
 def test_erasure_request_is_a_valid_body_naming_every_surface_form():
