@@ -98,6 +98,13 @@ def _add_erase(sub) -> None:
         "--lora-batch-size", type=int, default=1, help="images per step (default 1)"
     )
     tuning.add_argument(
+        "--lora-end-tokens",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the LoRA loss also suppresses the end and padding tokens, as in the paper "
+        "(default); --no-lora-end-tokens: the phrase's tokens only",
+    )
+    tuning.add_argument(
         "--images-per-concept",
         type=int,
         default=8,

@@ -20,9 +20,9 @@ prompts are toy captions that name no erased concept.
 
 Unless `--kind-defaults` is given, the toy world's settings replace some kind defaults (which are
 the paper's, for Stable Diffusion): `worker.toy.prompts.ERASURE_SETTINGS` (LoRA learning rate and
-rank, fusion's preservation weight) and the anchors `worker.toy.prompts.ANCHORS` (a one-token
-word for objects instead of the empty phrase, whose position shift CFR would spread to every
-prompt; `--anchor ""` measures the empty phrase).
+rank, a LoRA loss on the phrase's tokens only, fusion's preservation weight) and the anchors
+`worker.toy.prompts.ANCHORS` (a one-token word for objects instead of the empty phrase, whose
+position shift CFR would spread to every prompt; `--anchor ""` measures the empty phrase).
 
     python bench/toy_world.py --erase 1,5,20 --json bench/results/toy_world.json
 """
@@ -232,6 +232,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fusion's preservation weight (default 0.3)",
     )
     p.add_argument(
+        "--lora-end-tokens",
+        action=argparse.BooleanOptionalAction,
+        help="the LoRA loss also suppresses end and padding tokens (default: off, the toy's)",
+    )
+    p.add_argument(
         "--kind-defaults",
         action="store_true",
         help="use the kind defaults for every setting not given by a flag",
@@ -270,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cfr_lambda", "cfr_lambda"),
         ("preservation_weight", "preservation_weight"),
         ("fusion_preservation_weight", "fusion_preservation_weight"),
+        ("lora_end_tokens", "lora_suppress_end_tokens"),
     ):
         if getattr(args, flag) is not None:
             options[option] = getattr(args, flag)

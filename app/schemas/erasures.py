@@ -37,6 +37,9 @@ OPTION_FIELDS = (
     "guidance_scale",
     "mask_provider",
 )
+# Options added later, stored only when they differ from their default so that requests made
+# without them keep the sha256 they had before the option existed.
+LATER_OPTION_DEFAULTS = {"lora_suppress_end_tokens": True}
 
 
 class ConceptGroupIn(BaseModel):
@@ -123,6 +126,11 @@ class ErasureCreate(BaseModel):
     lora_learning_rate: PositiveWeight | None = None
     lora_steps: Count | None = None
     lora_batch_size: Count = 1
+    lora_suppress_end_tokens: StrictBool = Field(
+        default=True,
+        description="the LoRA loss also suppresses the end and padding tokens, as in the paper; "
+        "false: only the phrase's own tokens",
+    )
     cfis: StrictBool | None = None
     images_per_concept: Count = 8
     image_steps: Count = 30
@@ -186,13 +194,20 @@ class ErasureCreate(BaseModel):
             raise ValueError(f"at most {limit} tags, got {len(tags)}")
         return tags
 
+    def _options(self) -> dict:
+        options = {name: getattr(self, name) for name in OPTION_FIELDS}
+        for name, default in LATER_OPTION_DEFAULTS.items():
+            if getattr(self, name) != default:
+                options[name] = getattr(self, name)
+        return options
+
     def normalised(self) -> dict:
         """The request as stored on the job: groups expanded, kind defaults left as None."""
         return {
             "base_model": self.base_model,
             "concepts": [group.stored() for group in self.concepts],
             "stages": list(self.stages),
-            "options": {name: getattr(self, name) for name in OPTION_FIELDS},
+            "options": self._options(),
             "preservation_prompt_set": self.preservation_prompt_set,
             "seed": self.seed,
             "name": self.name,

@@ -34,6 +34,7 @@ def test_tiny_model_erase_generate_export(tmp_path, capsys):
             "2",
             "--lora-steps",
             "2",
+            "--no-lora-end-tokens",
         ]
     )
     assert code == 0
@@ -44,6 +45,7 @@ def test_tiny_model_erase_generate_export(tmp_path, capsys):
         "anchor": "a person wearing clothes",
     }
     assert manifest["options"]["lora_steps"] == 2
+    assert manifest["options"]["lora_suppress_end_tokens"] is False
     png = tmp_path / "out.png"
     assert (
         main(

@@ -63,9 +63,9 @@ def trained(pipe, training_set):
     return lora, state, flags, calls
 
 
-def _held_out_loss(pipe, unet, training_set) -> float:
+def _held_out_loss(pipe, unet, training_set, *, end_tokens: bool = True) -> float:
     """Mean suppression loss over fixed (image, prompt, t, noise) draws that training never saw
-    in this combination."""
+    in this combination; over the phrase's tokens, and the end and padding tokens if asked."""
     from diffusers import DDPMScheduler
 
     schedule = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -75,7 +75,8 @@ def _held_out_loss(pipe, unet, training_set) -> float:
         image, t = index % 2, torch.tensor([250 + 25 * index])
         prompt = fill(template, "cat")
         tokens = phrase_token_positions(pipe.tokenizer, template, "cat")
-        tokens += end_token_positions(pipe.tokenizer, prompt)
+        if end_tokens:
+            tokens += end_token_positions(pipe.tokenizer, prompt)
         embeds = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
         noise = torch.randn(latents[:1].shape, generator=torch.Generator().manual_seed(100 + index))
         noisy = schedule.add_noise(latents[image : image + 1], noise, t)
@@ -100,6 +101,17 @@ def test_training_lowers_the_held_out_attention_loss(pipe, training_set, trained
     before = _held_out_loss(pipe, pipe.unet, training_set)
     after = _held_out_loss(pipe, _with_factors(pipe.unet, lora.factors), training_set)
     assert after < 0.9 * before
+
+
+def test_phrase_only_loss_leaves_the_end_tokens_out(pipe, training_set, trained):
+    options = LoraOptions(learning_rate=1e-2, steps=10, suppress_end_tokens=False)
+    phrase_only = train_concept_lora(pipe, GROUP, 0, training_set, options, seed=0)
+    # Same seed, same draws: the first step's loss differs only by the suppressed tokens, and the
+    # end and padding tokens hold most of the attention of an image that ignores a short phrase.
+    assert phrase_only.losses[0] < 0.5 * trained[0].losses[0]
+    before = _held_out_loss(pipe, pipe.unet, training_set, end_tokens=False)
+    edited = _with_factors(pipe.unet, phrase_only.factors)
+    assert _held_out_loss(pipe, edited, training_set, end_tokens=False) < 0.9 * before
 
 
 def test_the_unet_is_exactly_as_before(pipe, trained):
@@ -161,6 +173,7 @@ def test_cancelling_stops_and_removes_the_adapter(pipe, training_set):
         {"steps": 0},
         {"learning_rate": -1.0},
         {"t1": 500, "t2": 100},
+        {"suppress_end_tokens": "no"},
     ],
 )
 def test_invalid_options_are_input_errors(options):

@@ -67,8 +67,17 @@ def test_stored_request_is_normalised(api):
     # Kind-dependent defaults stay None for the engine; fixed defaults are written out.
     assert options["cfr_lambda"] is None and options["lora_steps"] is None
     assert options["fusion_lambda"] == 0.1 and options["lora_rank"] == 1
+    # Options added later are stored only when set away from their default, like `templates`.
+    assert "lora_suppress_end_tokens" not in options
     assert (request["seed"], request["tags"], request["base_model"]) == (0, [], base.name)
     assert job["request_sha256"] == request_sha256(request)
+
+
+def test_phrase_only_lora_loss_is_stored_for_the_engine(api):
+    base = api.base_model()
+    body = concept_body(base.name, lora_suppress_end_tokens=False)
+    job = api.post("/erasures", json=body).json()
+    assert api.job(job["id"]).request["options"]["lora_suppress_end_tokens"] is False
 
 
 def test_read_and_404(api):

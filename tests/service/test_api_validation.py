@@ -41,6 +41,7 @@ BAD_VALUES = [
     ({"stages": ["prune"]}, ["stages", 0]),
     ({"mask_provider": "sam"}, ["mask_provider"]),
     ({"cfis": "yes"}, ["cfis"]),
+    ({"lora_suppress_end_tokens": "no"}, ["lora_suppress_end_tokens"]),
     ({"seed": -1}, ["seed"]),
     ({"seed": 2**40}, ["seed"]),
     ({"tags": [""]}, ["tags", 0]),

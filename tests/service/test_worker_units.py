@@ -38,6 +38,10 @@ def test_request_becomes_engine_inputs_with_kind_defaults():
     assert recorded["cfr_lambda"] == 0.0 and recorded["preservation_weight"] == 1.0  # style
     assert recorded["preservation_prompt_set"] == "ps1" and "preservation_prompts" not in recorded
     assert (request.name, request.tags) == ("no van gogh", ["art"])
+    assert options.lora_suppress_end_tokens is True and recorded["lora_suppress_end_tokens"]
+    phrase_only = {**API_REQUEST["options"], "lora_suppress_end_tokens": False}
+    request = parse_request({**API_REQUEST, "options": phrase_only}, prompt_set=lambda _: [])
+    assert request.options.lora_suppress_end_tokens is False
 
 
 def test_request_templates_reach_the_group():
@@ -52,6 +56,7 @@ def test_request_templates_reach_the_group():
     ("change", "message"),
     [
         ({"options": {"lora_rnak": 1}}, "unknown option(s) lora_rnak"),
+        ({"options": {"lora_suppress_end_tokens": "no"}}, "must be true or false"),
         ({"stages": ["fusion"]}, "the fusion stage fuses LoRAs"),
         ({"concepts": [{"targets": [], "kind": "object"}]}, "at least one non-empty target"),
         ({"concepts": []}, None),  # refused by the engine's validate_request, not here

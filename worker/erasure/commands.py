@@ -95,6 +95,7 @@ def _options_from_args(args):
         fusion_lambda=args.fusion_lambda,
         lora_rank=args.lora_rank,
         lora_batch_size=args.lora_batch_size,
+        lora_suppress_end_tokens=args.lora_end_tokens,
         images_per_concept=args.images_per_concept,
         image_steps=args.image_steps,
         mask_provider=args.mask_provider,

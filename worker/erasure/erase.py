@@ -236,6 +236,7 @@ def _train_loras(run: _Run, transform, loras, losses, on_lora_trained, parent) -
                 steps=opts.lora_steps_for(group),
                 cfis=opts.cfis_for(group),
                 batch_size=opts.lora_batch_size,
+                suppress_end_tokens=opts.lora_suppress_end_tokens,
             )
             trained = train_concept_lora(
                 run.pipe,

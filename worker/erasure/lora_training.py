@@ -2,9 +2,10 @@
 
 A rank-r LoRA on `to_k`/`to_v` of every cross-attention layer is trained so that, inside the
 concept's mask, the image attends neither to the phrase's tokens nor to the end and padding
-tokens (which carry the whole prompt's meaning). The result is kept as plain (up, down) factors
-per matrix, and the UNet is returned to exactly its state before training. Files are
-read and written by `lora_files`.
+tokens (which carry the whole prompt's meaning); `suppress_end_tokens=False` leaves the end and
+padding tokens out, for models whose end tokens are alike in every prompt. The result is kept as
+plain (up, down) factors per matrix, and the UNet is returned to exactly its state before
+training. Files are read and written by `lora_files`.
 """
 
 from __future__ import annotations
@@ -48,12 +49,17 @@ class LoraOptions:
     t2: float = 400
     grad_clip: float = 1.0
     weight_decay: float = 0.01
+    suppress_end_tokens: bool = True  # the spec's S: the phrase's tokens, EOS and padding
 
     def __post_init__(self) -> None:
         for name in ("rank", "steps", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ErasureInputError(f"LoRA {name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.suppress_end_tokens, bool):
+            raise ErasureInputError(
+                f"suppress_end_tokens must be true or false, got {self.suppress_end_tokens!r}"
+            )
         check_weight("learning_rate", self.learning_rate, allow_zero=False)
         check_weight("grad_clip", self.grad_clip, allow_zero=False)
         check_weight("weight_decay", self.weight_decay)
@@ -124,7 +130,7 @@ def train_concept_lora(
         raise ErasureInputError(f"no training images for {group.name!r}")
     unet = pipe.unet
     latents = encode_training_latents(pipe.vae, training_set.images).to(unet.device, unet.dtype)
-    prompts = _PromptBank(pipe, group)
+    prompts = _PromptBank(pipe, group, suppress_end_tokens=options.suppress_end_tokens)
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     timesteps = timestep_sampler(
         options.cfis,
@@ -224,8 +230,9 @@ def _stream_seed(seed: int, group_index: int, stream: int) -> int:
 class _PromptBank:
     """Template prompts with a target phrase: cached text embeddings and suppressed positions."""
 
-    def __init__(self, pipe, group: ConceptGroup) -> None:
+    def __init__(self, pipe, group: ConceptGroup, *, suppress_end_tokens: bool) -> None:
         self.pipe, self.group = pipe, group
+        self.suppress_end_tokens = suppress_end_tokens
         self.templates = group.prompt_templates
         self.cache: dict[tuple[str, str], tuple[torch.Tensor, list[int]]] = {}
 
@@ -235,7 +242,8 @@ class _PromptBank:
             prompt = fill(template, phrase)
             tokenizer = self.pipe.tokenizer
             tokens = phrase_token_positions(tokenizer, template, phrase)
-            tokens += end_token_positions(tokenizer, prompt)
+            if self.suppress_end_tokens:
+                tokens += end_token_positions(tokenizer, prompt)
             with torch.no_grad():  # the text encoder is frozen: encode each prompt once
                 embeds = self.pipe.encode_prompt(prompt, self.pipe.unet.device, 1, False)[0]
             self.cache[key] = (embeds[0].to(self.pipe.unet.dtype), tokens)

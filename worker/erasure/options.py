@@ -30,6 +30,7 @@ class ErasureOptions:
     lora_learning_rate: float | None = None
     lora_steps: int | None = None
     lora_batch_size: int = 1
+    lora_suppress_end_tokens: bool = True
     cfis: bool | None = None
     images_per_concept: int = 8
     image_steps: int = 30
@@ -57,6 +58,11 @@ class ErasureOptions:
             _check_count(name, getattr(self, name))
         if self.lora_steps is not None:
             _check_count("lora_steps", self.lora_steps)
+        if not isinstance(self.lora_suppress_end_tokens, bool):
+            raise ErasureInputError(
+                "lora_suppress_end_tokens must be true or false, "
+                f"got {self.lora_suppress_end_tokens!r}"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ErasureInputError(f"seed must be a non-negative integer, got {self.seed!r}")
         from .masks import MASK_PROVIDERS

@@ -48,6 +48,7 @@ ENGINE_KEYS = {
     "lora_learning_rate",
     "lora_steps",
     "lora_batch_size",
+    "lora_suppress_end_tokens",
     "cfis",
     "images_per_concept",
     "image_steps",
