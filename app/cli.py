@@ -91,6 +91,13 @@ def _add_erase(sub) -> None:
         type=float,
         help="preservation weight in fusion (default: --preservation-weight)",
     )
+    tuning.add_argument(
+        "--preservation-tokens",
+        choices=("all", "words"),
+        default="all",
+        help="positions of each preservation prompt that count: all (default, the paper's, "
+        "padding included) or words (its own tokens and its end token)",
+    )
     tuning.add_argument("--lora-rank", type=int, default=1, help="LoRA rank (default 1)")
     tuning.add_argument("--lora-lr", type=float, help="LoRA learning rate")
     tuning.add_argument("--lora-steps", type=int, help="LoRA training steps per group")

@@ -232,6 +232,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fusion's preservation weight (default 0.3)",
     )
     p.add_argument(
+        "--preservation-tokens",
+        choices=("all", "words"),
+        help="positions of each preservation caption that count (default: the toy's)",
+    )
+    p.add_argument(
         "--lora-end-tokens",
         action=argparse.BooleanOptionalAction,
         help="the LoRA loss also suppresses end and padding tokens (default: off, the toy's)",
@@ -275,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cfr_lambda", "cfr_lambda"),
         ("preservation_weight", "preservation_weight"),
         ("fusion_preservation_weight", "fusion_preservation_weight"),
+        ("preservation_tokens", "preservation_tokens"),
         ("lora_end_tokens", "lora_suppress_end_tokens"),
     ):
         if getattr(args, flag) is not None:

@@ -18,6 +18,7 @@ from .text import Identifier, Name, OptionalPhrase, Phrase
 Kind = Literal["object", "person", "style", "explicit"]
 Stage = Literal["cfr", "lora", "fusion"]
 MaskProvider = Literal["attention", "full", "grounded-sam"]
+PreservationTokens = Literal["all", "words"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STAGES: tuple[str, ...] = ("cfr", "lora", "fusion")
 
@@ -39,7 +40,7 @@ OPTION_FIELDS = (
 )
 # Options added later, stored only when they differ from their default so that requests made
 # without them keep the sha256 they had before the option existed.
-LATER_OPTION_DEFAULTS = {"lora_suppress_end_tokens": True}
+LATER_OPTION_DEFAULTS = {"lora_suppress_end_tokens": True, "preservation_tokens": "all"}
 
 
 class ConceptGroupIn(BaseModel):
@@ -122,6 +123,11 @@ class ErasureCreate(BaseModel):
     preservation_weight: Weight | None = None
     fusion_lambda: Weight = 0.1
     fusion_preservation_weight: Weight | None = None
+    preservation_tokens: PreservationTokens = Field(
+        default="all",
+        description="positions of each preservation prompt that count: all (the paper's, "
+        "padding included) or words (the prompt's own tokens and its end token)",
+    )
     lora_rank: Count = 1
     lora_learning_rate: PositiveWeight | None = None
     lora_steps: Count | None = None

@@ -35,6 +35,8 @@ def test_tiny_model_erase_generate_export(tmp_path, capsys):
             "--lora-steps",
             "2",
             "--no-lora-end-tokens",
+            "--preservation-tokens",
+            "words",
         ]
     )
     assert code == 0
@@ -46,6 +48,7 @@ def test_tiny_model_erase_generate_export(tmp_path, capsys):
     }
     assert manifest["options"]["lora_steps"] == 2
     assert manifest["options"]["lora_suppress_end_tokens"] is False
+    assert manifest["options"]["preservation_tokens"] == "words"
     png = tmp_path / "out.png"
     assert (
         main(

@@ -42,6 +42,7 @@ BAD_VALUES = [
     ({"mask_provider": "sam"}, ["mask_provider"]),
     ({"cfis": "yes"}, ["cfis"]),
     ({"lora_suppress_end_tokens": "no"}, ["lora_suppress_end_tokens"]),
+    ({"preservation_tokens": "padding"}, ["preservation_tokens"]),
     ({"seed": -1}, ["seed"]),
     ({"seed": 2**40}, ["seed"]),
     ({"tags": [""]}, ["tags", 0]),

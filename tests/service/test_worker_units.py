@@ -42,6 +42,10 @@ def test_request_becomes_engine_inputs_with_kind_defaults():
     phrase_only = {**API_REQUEST["options"], "lora_suppress_end_tokens": False}
     request = parse_request({**API_REQUEST, "options": phrase_only}, prompt_set=lambda _: [])
     assert request.options.lora_suppress_end_tokens is False
+    assert options.preservation_tokens == "all" and recorded["preservation_tokens"] == "all"
+    words = {**API_REQUEST["options"], "preservation_tokens": "words"}
+    request = parse_request({**API_REQUEST, "options": words}, prompt_set=lambda _: [])
+    assert request.options.preservation_tokens == "words"
 
 
 def test_request_templates_reach_the_group():
@@ -57,6 +61,7 @@ def test_request_templates_reach_the_group():
     [
         ({"options": {"lora_rnak": 1}}, "unknown option(s) lora_rnak"),
         ({"options": {"lora_suppress_end_tokens": "no"}}, "must be true or false"),
+        ({"options": {"preservation_tokens": "padding"}}, "must be one of all, words"),
         ({"stages": ["fusion"]}, "the fusion stage fuses LoRAs"),
         ({"concepts": [{"targets": [], "kind": "object"}]}, "at least one non-empty target"),
         ({"concepts": []}, None),  # refused by the engine's validate_request, not here

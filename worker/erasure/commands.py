@@ -96,6 +96,7 @@ def _options_from_args(args):
         lora_rank=args.lora_rank,
         lora_batch_size=args.lora_batch_size,
         lora_suppress_end_tokens=args.lora_end_tokens,
+        preservation_tokens=args.preservation_tokens,
         images_per_concept=args.images_per_concept,
         image_steps=args.image_steps,
         mask_provider=args.mask_provider,

@@ -79,7 +79,9 @@ class _Run:
         if not (opts.preservation_weight or opts.fusion_preservation_weight):
             return None
         prompts = opts.preservation_prompts or default_preservation_prompts()
-        return preservation_statistics(self.encoder, self.identity, prompts)
+        return preservation_statistics(
+            self.encoder, self.identity, prompts, tokens=opts.preservation_tokens
+        )
 
     def refine(self, preservation, keep_grams: bool):
         def report(done, total):

@@ -10,6 +10,8 @@ from .concepts import ConceptGroup, check_weight
 from .errors import ErasureInputError
 
 STAGES = ("cfr", "lora", "fusion")
+# Positions of each preservation prompt that P counts (see statistics.prompt_second_moment).
+PRESERVATION_TOKENS = ("all", "words")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class ErasureOptions:
     preservation_prompts: tuple[str, ...] | None = None  # None: the shipped captions
     fusion_lambda: float = 0.1
     fusion_preservation_weight: float | None = None  # None: same as preservation_weight
+    preservation_tokens: str = "all"  # "words": each caption's own tokens (statistics.py)
     lora_rank: int = 1
     lora_learning_rate: float | None = None
     lora_steps: int | None = None
@@ -62,6 +65,11 @@ class ErasureOptions:
             raise ErasureInputError(
                 "lora_suppress_end_tokens must be true or false, "
                 f"got {self.lora_suppress_end_tokens!r}"
+            )
+        if self.preservation_tokens not in PRESERVATION_TOKENS:
+            raise ErasureInputError(
+                f"preservation_tokens must be one of {', '.join(PRESERVATION_TOKENS)}, "
+                f"got {self.preservation_tokens!r}"
             )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ErasureInputError(f"seed must be a non-negative integer, got {self.seed!r}")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from .base_model import ModelIdentity
 from .encoding import PromptEncoder
 from .errors import ErasureInputError
+from .options import PRESERVATION_TOKENS
 from .statistics import SecondMoment, prompt_second_moment
 
 DEFAULT_PROMPT_SET = "captions"
@@ -48,6 +49,7 @@ def preservation_statistics(
     identity: ModelIdentity,
     prompts: Sequence[str],
     *,
+    tokens: str = "all",
     cache: Path | None = None,
 ) -> SecondMoment:
     """P = sum e^p e^p^T with its token count, from the cache when this model and set were seen.
@@ -56,17 +58,24 @@ def preservation_statistics(
         encoder: the base model's prompt encoder.
         identity: the base model's identity; its hash keys the cache.
         prompts: the preservation prompts.
+        tokens: which positions of each prompt count (see `prompt_second_moment`).
         cache: folder of cached statistics (default `$MACE_CACHE_DIR` or ~/.cache/mace).
     """
     prompts = clean_prompts(prompts)
     if not prompts:
         raise ErasureInputError("the preservation prompt set is empty")
+    if tokens not in PRESERVATION_TOKENS:
+        raise ErasureInputError(
+            f"preservation_tokens must be one of {', '.join(PRESERVATION_TOKENS)}, got {tokens!r}"
+        )
     key = f"{identity.sha256[:16]}-{prompt_set_digest(prompts)[:16]}"
+    if tokens != "all":  # "all" keeps the key it had before the choice existed
+        key += f"-{tokens}"
     path = (cache or cache_dir()) / "preservation" / f"{key}.safetensors"
     if path.is_file():
         stored = load_file(path)
         return SecondMoment(stored["total"], int(stored["count"].item()))
-    moment = prompt_second_moment(encoder, prompts)
+    moment = prompt_second_moment(encoder, prompts, tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     save_file({"total": moment.total, "count": torch.tensor(moment.count)}, partial)

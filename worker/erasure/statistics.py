@@ -116,9 +116,25 @@ def group_gram(encoder: PromptEncoder, group: ConceptGroup) -> SecondMoment:
     return gram
 
 
-def prompt_second_moment(encoder: PromptEncoder, prompts: Sequence[str]) -> SecondMoment:
-    """sum e e^T over every token of every prompt (the preservation statistic P)."""
+def prompt_second_moment(
+    encoder: PromptEncoder, prompts: Sequence[str], tokens: str = "all"
+) -> SecondMoment:
+    """The preservation statistic P = sum e e^T over the prompts' token embeddings.
+
+    tokens: "all" (the spec's P: every position, start and padding included) or "words" (each
+    prompt's own tokens and its end token: a caption's content is not outweighed by ~60 padding
+    positions that look alike in every caption).
+    """
     moment = SecondMoment.zeros(encoder.width)
-    for _, batch in encoder.batches(list(prompts)):
-        moment.add(batch)
+    prompts = list(prompts)
+    counter = TokenCounter(encoder.tokenizer) if tokens == "words" else None
+    for start, batch in encoder.batches(prompts):
+        if counter is None:
+            moment.add(batch)
+            continue
+        rows = []
+        for prompt, embedding in zip(prompts[start : start + len(batch)], batch, strict=True):
+            end = min(len(counter.ids(prompt)) + 1, encoder.max_length - 1)  # the end token
+            rows.append(embedding[1 : end + 1])
+        moment.add(torch.cat(rows))
     return moment

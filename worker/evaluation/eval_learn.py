@@ -44,6 +44,7 @@ ENGINE_KEYS = {
     "preservation_weight",
     "fusion_lambda",
     "fusion_preservation_weight",
+    "preservation_tokens",
     "lora_rank",
     "lora_learning_rate",
     "lora_steps",
