@@ -20,7 +20,8 @@ prompts are toy captions that name no erased concept.
 
 Unless `--kind-defaults` is given, the toy world's settings replace some kind defaults (which are
 the paper's, for Stable Diffusion): `worker.toy.prompts.ERASURE_SETTINGS` (LoRA learning rate and
-rank, a LoRA loss on the phrase's tokens only, fusion's preservation weight) and the anchors
+rank, a LoRA loss on the phrase's tokens only, a preservation statistic over each caption's own
+tokens, fusion's preservation weight) and the anchors
 `worker.toy.prompts.ANCHORS` (a one-token word for objects instead of the empty phrase, whose
 position shift CFR would spread to every prompt; `--anchor ""` measures the empty phrase).
 
@@ -120,14 +121,19 @@ def figures(scores, base, erased: list[str]) -> dict:
 
 class ToyBench:
     def __init__(
-        self, model: Path, judge: Path, per_concept: int, options: dict, anchors: dict[str, str]
+        self,
+        model: Path,
+        judge: Path,
+        per_concept: int,
+        options: dict[str, dict],
+        anchors: dict[str, str],
     ):
         self.pipe = load_pipeline(str(pipeline_dir(model)))
         self.pipe.set_progress_bar_config(disable=True)
         self.identity = model_identity(str(pipeline_dir(model)))
         self.judge = load_judge(judge)
         self.per_concept = per_concept
-        self.options = options
+        self.options = options  # kind -> engine options
         self.anchors = anchors  # kind -> anchor
         self.lora_only_loras: dict[str, dict] = {}  # concept -> factors on the base weights
 
@@ -145,7 +151,7 @@ class ToyBench:
             stages=METHODS[method],
             preservation_prompts=captions_without(erased),
             seed=SEED,
-            **self.options,
+            **self.options[kind],
         )
         groups = self.groups(erased, kind)
         reused = {}
@@ -210,6 +216,16 @@ def format_table(results: list[dict], base: dict) -> str:
     return "\n".join(lines)
 
 
+def _toy(option: str) -> str:
+    """Help text naming the toy settings a flag overrides."""
+    values = {ERASURE_SETTINGS[kind][option] for kind in ERASURE_SETTINGS}
+    if len(values) == 1:
+        shown = str(values.pop())
+    else:
+        shown = ", ".join(f"{kind}s {s[option]}" for kind, s in ERASURE_SETTINGS.items())
+    return f"(default {shown}; with --kind-defaults, the engine's)"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--erase", default="1,5,20", help="numbers of concepts N (default 1,5,20)")
@@ -220,8 +236,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--judge", type=Path, help="the judge (default: next to the model)")
     p.add_argument("--lora-steps", type=int, help="stage-2 steps per concept (kind default)")
     p.add_argument("--images", type=int, default=8, help="stage-2 images per concept")
-    p.add_argument("--lora-lr", type=float, help="stage-2 learning rate (default 3e-3)")
-    p.add_argument("--lora-rank", type=int, help="stage-2 LoRA rank (default 2)")
+    p.add_argument(
+        "--lora-lr", type=float, help=f"stage-2 learning rate {_toy('lora_learning_rate')}"
+    )
+    p.add_argument("--lora-rank", type=int, help=f"stage-2 LoRA rank {_toy('lora_rank')}")
     p.add_argument("--cfr-lambda", type=float, help="CFR regulariser (kind default)")
     p.add_argument(
         "--preservation-weight", type=float, help="preservation captions' weight (kind default)"
@@ -229,17 +247,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--fusion-preservation-weight",
         type=float,
-        help="fusion's preservation weight (default 0.3)",
+        help=f"fusion's preservation weight {_toy('fusion_preservation_weight')}",
     )
     p.add_argument(
         "--preservation-tokens",
         choices=("all", "words"),
-        help="positions of each preservation caption that count (default: the toy's)",
+        help=f"positions of each preservation caption that count {_toy('preservation_tokens')}",
     )
     p.add_argument(
         "--lora-end-tokens",
         action=argparse.BooleanOptionalAction,
-        help="the LoRA loss also suppresses end and padding tokens (default: off, the toy's)",
+        help="the LoRA loss also suppresses end and padding tokens "
+        + _toy("lora_suppress_end_tokens"),
     )
     p.add_argument(
         "--kind-defaults",
@@ -264,15 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     if judge is None:
         raise SystemExit(f"no judge next to {args.model}; train one with `mace toy train-judge`")
     torch.manual_seed(SEED)
-    options = {"images_per_concept": args.images, "image_steps": 25}
+    common = {"images_per_concept": args.images, "image_steps": 25}
     anchors = {
         kind: KIND_DEFAULTS[kind].anchor if args.kind_defaults else ANCHORS[kind]
         for kind in ("object", "style")
     }
     if args.anchor is not None:
         anchors = dict.fromkeys(anchors, args.anchor)
-    if not args.kind_defaults:
-        options.update(ERASURE_SETTINGS)
+    options = {
+        kind: {**common, **({} if args.kind_defaults else ERASURE_SETTINGS[kind])}
+        for kind in ("object", "style")
+    }
     for flag, option in (
         ("lora_steps", "lora_steps"),
         ("lora_lr", "lora_learning_rate"),
@@ -284,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         ("lora_end_tokens", "lora_suppress_end_tokens"),
     ):
         if getattr(args, flag) is not None:
-            options[option] = getattr(args, flag)
+            for kind_options in options.values():
+                kind_options[option] = getattr(args, flag)
     bench = ToyBench(args.model, judge, args.per_concept, options, anchors)
     started = time.perf_counter()
     base_scores = bench.score()
@@ -316,7 +338,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_json(
-    path: Path, results: list[dict], base: dict, args, options: dict, anchors: dict[str, str]
+    path: Path,
+    results: list[dict],
+    base: dict,
+    args,
+    options: dict[str, dict],
+    anchors: dict[str, str],
 ) -> None:
     """The results so far (rewritten after every row, so an interrupted run keeps them)."""
     payload = {
@@ -325,7 +352,7 @@ def write_json(
         "settings": {
             "per_concept": args.per_concept,
             "sampling_steps": 25,
-            "options": options,
+            "options": {k: options[k] for k in args.kinds},
             "templates": {k: list(erasure_templates(k)) for k in args.kinds},
             "anchors": {k: anchors[k] for k in args.kinds},
             "seed": SEED,

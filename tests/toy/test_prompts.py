@@ -10,6 +10,7 @@ import numpy as np
 from worker.toy.prompts import (
     ANCHORS,
     CONCEPTS,
+    ERASURE_SETTINGS,
     OBJECT_FORMS,
     STYLE_FORMS,
     captions_without,
@@ -101,4 +102,9 @@ def test_erasure_request_is_a_valid_body_naming_every_surface_form():
     assert all(t.count("{}") == 1 for t in group["templates"])
     assert body["preservation_prompt_set"] == "ps-1"
     assert body["images_per_concept"] == 4
-    assert erasure_request("dotted", "toy-sd", "ps-1", {})["concepts"][0]["kind"] == "style"
+    style = erasure_request("dotted", "toy-sd", "ps-1", {})
+    assert style["concepts"][0]["kind"] == "style"
+    # Each kind takes its own toy settings.
+    assert body["lora_learning_rate"] == ERASURE_SETTINGS["object"]["lora_learning_rate"]
+    assert style["lora_learning_rate"] == ERASURE_SETTINGS["style"]["lora_learning_rate"]
+    assert body["lora_learning_rate"] != style["lora_learning_rate"]

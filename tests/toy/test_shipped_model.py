@@ -72,7 +72,7 @@ def test_toy_end_tokens_are_alike_across_objects():
     from worker.erasure.training_data import end_token_positions, phrase_token_positions
     from worker.toy.prompts import ERASURE_SETTINGS, OBJECT_FORMS
 
-    assert ERASURE_SETTINGS["lora_suppress_end_tokens"] is False
+    assert all(not s["lora_suppress_end_tokens"] for s in ERASURE_SETTINGS.values())
     pipe = load_pipeline(str(PIPELINE))
     encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
     template = "a red {} on a striped background"
@@ -90,3 +90,20 @@ def test_toy_end_tokens_are_alike_across_objects():
         return float((at - at.mean(0)).norm(dim=-1).mean() / at.norm(dim=-1).mean())
 
     assert spread(ends) < 0.3 * spread([phrase])  # measured: 0.17 against 0.77
+
+
+def test_toy_captions_words_hold_little_of_the_paper_p():
+    """Why toy erasures take P over each caption's own tokens: over all 77 positions, the start
+    and padding positions (alike in every caption, see above) hold most of P's weight."""
+    from worker.erasure.base_model import load_pipeline
+    from worker.erasure.encoding import PromptEncoder
+    from worker.erasure.statistics import prompt_second_moment
+    from worker.toy.prompts import ERASURE_SETTINGS, captions_without
+
+    assert all(s["preservation_tokens"] == "words" for s in ERASURE_SETTINGS.values())
+    pipe = load_pipeline(str(PIPELINE))
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+    captions = captions_without(["arrow"])
+    every = prompt_second_moment(encoder, captions, "all")
+    words = prompt_second_moment(encoder, captions, "words")
+    assert float(words.total.trace() / every.total.trace()) < 0.25  # measured: 0.12
