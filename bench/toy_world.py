@@ -127,6 +127,7 @@ class ToyBench:
         per_concept: int,
         options: dict[str, dict],
         anchors: dict[str, str],
+        seed: int = SEED,
     ):
         self.pipe = load_pipeline(str(pipeline_dir(model)))
         self.pipe.set_progress_bar_config(disable=True)
@@ -135,10 +136,11 @@ class ToyBench:
         self.per_concept = per_concept
         self.options = options  # kind -> engine options
         self.anchors = anchors  # kind -> anchor
+        self.seed = seed  # of the prompt suite, the images' noise and the erasures
         self.lora_only_loras: dict[str, dict] = {}  # concept -> factors on the base weights
 
     def score(self):
-        return score_concepts(self.pipe, self.judge, per_concept=self.per_concept, seed=SEED)
+        return score_concepts(self.pipe, self.judge, per_concept=self.per_concept, seed=self.seed)
 
     def groups(self, erased: list[str], kind: str) -> list[ConceptGroup]:
         templates = erasure_templates(kind)
@@ -150,7 +152,7 @@ class ToyBench:
         options = ErasureOptions(
             stages=METHODS[method],
             preservation_prompts=captions_without(erased),
-            seed=SEED,
+            seed=self.seed,
             **self.options[kind],
         )
         groups = self.groups(erased, kind)
@@ -266,6 +268,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="use the kind defaults for every setting not given by a flag",
     )
     p.add_argument("--anchor", help="the anchor of every erased concept (default: the toy's)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help="seeds the prompt suite, the images' noise and the erasures; the erased concepts "
+        f"stay the same (default {SEED})",
+    )
     p.add_argument("--json", type=Path, help="write {'results': [...]} here")
     args = p.parse_args(argv)
     args.erase = [int(n) for n in args.erase.split(",") if n.strip()]
@@ -282,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     judge = args.judge or default_judge(args.model)
     if judge is None:
         raise SystemExit(f"no judge next to {args.model}; train one with `mace toy train-judge`")
-    torch.manual_seed(SEED)
+    torch.manual_seed(args.seed)
     common = {"images_per_concept": args.images, "image_steps": 25}
     anchors = {
         kind: KIND_DEFAULTS[kind].anchor if args.kind_defaults else ANCHORS[kind]
@@ -307,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) is not None:
             for kind_options in options.values():
                 kind_options[option] = getattr(args, flag)
-    bench = ToyBench(args.model, judge, args.per_concept, options, anchors)
+    bench = ToyBench(args.model, judge, args.per_concept, options, anchors, args.seed)
     started = time.perf_counter()
     base_scores = bench.score()
     base = {**base_scores.to_dict(), "concepts": len(base_scores.per_concept)}
@@ -355,7 +364,7 @@ def write_json(
             "options": {k: options[k] for k in args.kinds},
             "templates": {k: list(erasure_templates(k)) for k in args.kinds},
             "anchors": {k: anchors[k] for k in args.kinds},
-            "seed": SEED,
+            "seed": args.seed,
         },
         "environment": {
             "cpu_count": os.cpu_count(),

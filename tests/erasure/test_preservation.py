@@ -66,7 +66,7 @@ def test_each_choice_has_its_own_cache_entry(base, tmp_path):
     plain = next(n for n in names if not n.endswith("-words.safetensors"))
     assert names == {plain, plain.replace(".safetensors", "-words.safetensors")}
     cached = preservation_statistics(encoder, identity, PROMPTS, tokens="words", cache=tmp_path)
-    assert (cached.count, words.count) == (words.count, words.count) != every.count
+    assert cached.count == words.count != every.count
     torch.testing.assert_close(cached.total, words.total)
     with pytest.raises(ErasureInputError, match="preservation_tokens must be one of all, words"):
         preservation_statistics(encoder, identity, PROMPTS, tokens="content", cache=tmp_path)

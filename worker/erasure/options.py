@@ -66,11 +66,7 @@ class ErasureOptions:
                 "lora_suppress_end_tokens must be true or false, "
                 f"got {self.lora_suppress_end_tokens!r}"
             )
-        if self.preservation_tokens not in PRESERVATION_TOKENS:
-            raise ErasureInputError(
-                f"preservation_tokens must be one of {', '.join(PRESERVATION_TOKENS)}, "
-                f"got {self.preservation_tokens!r}"
-            )
+        check_preservation_tokens(self.preservation_tokens)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ErasureInputError(f"seed must be a non-negative integer, got {self.seed!r}")
         from .masks import MASK_PROVIDERS
@@ -116,6 +112,13 @@ class ErasureOptions:
         if self.preservation_prompts is not None:
             data["preservation_prompts"] = list(self.preservation_prompts)
         return data
+
+
+def check_preservation_tokens(value) -> None:
+    if value not in PRESERVATION_TOKENS:
+        raise ErasureInputError(
+            f"preservation_tokens must be one of {', '.join(PRESERVATION_TOKENS)}, got {value!r}"
+        )
 
 
 def _check_count(name: str, value) -> None:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from .base_model import ModelIdentity
 from .encoding import PromptEncoder
 from .errors import ErasureInputError
-from .options import PRESERVATION_TOKENS
+from .options import check_preservation_tokens
 from .statistics import SecondMoment, prompt_second_moment
 
 DEFAULT_PROMPT_SET = "captions"
@@ -64,10 +64,7 @@ def preservation_statistics(
     prompts = clean_prompts(prompts)
     if not prompts:
         raise ErasureInputError("the preservation prompt set is empty")
-    if tokens not in PRESERVATION_TOKENS:
-        raise ErasureInputError(
-            f"preservation_tokens must be one of {', '.join(PRESERVATION_TOKENS)}, got {tokens!r}"
-        )
+    check_preservation_tokens(tokens)
     key = f"{identity.sha256[:16]}-{prompt_set_digest(prompts)[:16]}"
     if tokens != "all":  # "all" keeps the key it had before the choice existed
         key += f"-{tokens}"

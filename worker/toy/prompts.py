@@ -256,9 +256,10 @@ def erasure_templates(kind: str, count: int = 30, seed: int = 0) -> tuple[str, .
 # the anchor's). Fusion's preservation term keeps CFR's and the LoRAs' change off the other
 # prompts; its weight trades efficacy against specificity (`bench/toy_world.py` measures both).
 # Its statistic P counts each caption's own tokens and end token: over all 77 positions, the
-# start and padding positions, alike in every caption, hold most of P (88% of its
-# trace here); with the words only, a lower weight keeps the retained concepts as well and
-# leaves more efficacy (bench/results/toy_world_all_tokens.json measures the paper's P).
+# start and padding positions, alike in every caption, hold most of P (88% of its trace here).
+# With the words only, the same weight kept the retained objects far better (drop at N = 20
+# 0.130 -> 0.043) for some efficacy (0.956 -> 0.850); bench/results/toy_world_all_tokens.json
+# measures the paper's P.
 # Objects take a higher rate and a lower fusion weight than styles: erasing many objects from
 # this small model needs it (H at N = 5 and 20), and on styles it cost the retained concepts.
 _SHARED_SETTINGS = {
