@@ -40,6 +40,11 @@ class TokenCounter:
         return self._ids(" ".join(text.split()))
 
 
+def end_token_position(counter: TokenCounter, prompt: str) -> int:
+    """Position (BOS = 0) of the end token in the padded prompt, truncation included."""
+    return min(len(counter.ids(prompt)) + 1, counter.max_length - 1)
+
+
 def phrase_span(counter: TokenCounter, template: str, phrase: str) -> tuple[int, int]:
     """(first position, token count) of `phrase` inside `fill(template, phrase)`, BOS counted."""
     prefix, suffix = template.split("{}")

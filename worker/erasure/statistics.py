@@ -13,7 +13,13 @@ import torch
 
 from .concepts import ConceptGroup
 from .encoding import PromptEncoder
-from .pairing import PromptPair, TokenCounter, group_prompt_pairs, target_prompts
+from .pairing import (
+    PromptPair,
+    TokenCounter,
+    end_token_position,
+    group_prompt_pairs,
+    target_prompts,
+)
 
 Progress = Callable[[int, int], None]
 
@@ -134,7 +140,6 @@ def prompt_second_moment(
             continue
         rows = []
         for prompt, embedding in zip(prompts[start : start + len(batch)], batch, strict=True):
-            end = min(len(counter.ids(prompt)) + 1, encoder.max_length - 1)  # the end token
-            rows.append(embedding[1 : end + 1])
+            rows.append(embedding[1 : end_token_position(counter, prompt) + 1])
         moment.add(torch.cat(rows))
     return moment

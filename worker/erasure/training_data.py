@@ -15,7 +15,7 @@ from .concepts import ConceptGroup
 from .errors import ErasureCancelled, ErasureInputError
 from .masks import ConceptAttentionAccumulator, MaskProvider
 from .masks import mask_provider as provider_named
-from .pairing import TokenCounter, phrase_span
+from .pairing import TokenCounter, end_token_position, phrase_span
 from .templates import fill
 
 DEFAULT_IMAGES_PER_GROUP = 8
@@ -41,10 +41,6 @@ class TrainingSet:
         return len(self.prompts)
 
 
-def _token_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False).input_ids if text else []
-
-
 def phrase_token_positions(tokenizer, template: str, phrase: str) -> list[int]:
     """Positions (BOS = 0) of the phrase's tokens in the padded `fill(template, phrase)`."""
     start, count = phrase_span(TokenCounter(tokenizer), template, phrase)
@@ -53,8 +49,8 @@ def phrase_token_positions(tokenizer, template: str, phrase: str) -> list[int]:
 
 def end_token_positions(tokenizer, prompt: str) -> list[int]:
     """Positions of the end token and all padding after it in the padded prompt."""
-    used = min(len(_token_ids(tokenizer, prompt)) + 2, tokenizer.model_max_length)
-    return list(range(used - 1, tokenizer.model_max_length))
+    end = end_token_position(TokenCounter(tokenizer), prompt)
+    return list(range(end, tokenizer.model_max_length))
 
 
 def image_seed(seed: int, group_index: int, image_index: int) -> int:
