@@ -50,7 +50,7 @@ from worker.erasure.base_model import load_pipeline, model_identity  # noqa: E40
 from worker.erasure.concepts import KIND_DEFAULTS, ConceptGroup  # noqa: E402
 from worker.erasure.edit import EditedUnet  # noqa: E402
 from worker.erasure.erase import erase  # noqa: E402
-from worker.erasure.options import ErasureOptions  # noqa: E402
+from worker.erasure.options import PRESERVATION_TOKENS, ErasureOptions  # noqa: E402
 from worker.toy.commands import SHIPPED_MODEL, default_judge, pipeline_dir  # noqa: E402
 from worker.toy.judge import load_judge  # noqa: E402
 from worker.toy.prompts import (  # noqa: E402
@@ -253,7 +253,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--preservation-tokens",
-        choices=("all", "words"),
+        choices=PRESERVATION_TOKENS,
         help=f"positions of each preservation caption that count {_toy('preservation_tokens')}",
     )
     p.add_argument(

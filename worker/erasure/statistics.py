@@ -135,11 +135,9 @@ def prompt_second_moment(
     prompts = list(prompts)
     counter = TokenCounter(encoder.tokenizer) if tokens == "words" else None
     for start, batch in encoder.batches(prompts):
-        if counter is None:
-            moment.add(batch)
-            continue
-        rows = []
-        for prompt, embedding in zip(prompts[start : start + len(batch)], batch, strict=True):
-            rows.append(embedding[1 : end_token_position(counter, prompt) + 1])
-        moment.add(torch.cat(rows))
+        if counter is not None:
+            chunk = prompts[start : start + len(batch)]
+            ends = [end_token_position(counter, prompt) for prompt in chunk]
+            batch = torch.cat([rows[1 : end + 1] for rows, end in zip(batch, ends, strict=True)])
+        moment.add(batch)
     return moment
