@@ -92,9 +92,11 @@ def test_resume_trains_only_the_missing_groups(base, erased):
         on_lora_trained=lambda index, lora: trained.append(index),
     )
     assert trained == [1]
+    assert resumed.loras[0] is erased.loras[0]
+    # Group 1 trained alone now, beside group 0 before: the same draws, other float rounding.
     for name, (up, down) in erased.edit.factors.items():
-        assert torch.equal(resumed.edit.factors[name][0], up)
-        assert torch.equal(resumed.edit.factors[name][1], down)
+        torch.testing.assert_close(resumed.edit.factors[name][0], up, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(resumed.edit.factors[name][1], down, rtol=1e-4, atol=1e-7)
 
 
 def test_cancel_stops_between_steps_and_restores_weights(base):

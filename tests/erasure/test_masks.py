@@ -125,6 +125,7 @@ def test_generation_reports_progress_and_can_be_cancelled(pipe):
         count=2,
         num_inference_steps=2,
         mask_provider="full",
+        batch_size=1,
         progress=lambda done, total: calls.append((done, total)),
     )
     assert calls == [(1, 2), (2, 2)]

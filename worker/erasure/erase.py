@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .base_model import ModelIdentity
-from .cfr import Refinement, closed_form_refine
+from .cfr import closed_form_refine
 from .concepts import ConceptGroup
-from .edit import CompactEdit, EditedUnet
+from .edit import CompactEdit
 from .encoding import PromptEncoder
 from .errors import ErasureCancelled, ErasureInputError
 from .fusion import FusedEdit, LoraFactors, fuse_loras, stack_unfused
@@ -99,6 +99,15 @@ class _Run:
         )
         return refinement, stats.group_grams
 
+    def stage1(self, keep_grams: bool):
+        """(P, CFR's refinement or None without the cfr stage, per-group Grams kept for fusion)."""
+        preservation = self.timed("preservation", self.preservation)
+        if "cfr" not in self.options.stages:
+            return preservation, None, []
+        refinement, grams = self.timed("cfr", lambda: self.refine(preservation, keep_grams))
+        self.result_log += refinement.log_lines()
+        return preservation, refinement, grams
+
     def grams(self, cached: list[SecondMoment]):
         if cached:
             yield from cached
@@ -140,17 +149,11 @@ def erase(
     validate_request(pipe.tokenizer, groups, options)
     run = _Run(pipe, identity, groups, options, progress, should_cancel)
     opts = run.options
-    preservation = run.timed("preservation", run.preservation)
     width = run.encoder.width
     use_fusion = "fusion" in opts.stages
     keep_grams = use_fusion and len(run.groups) * width * width * 8 <= GRAM_CACHE_BYTES
-    transform = torch.eye(width, dtype=torch.float64)
-    cached_grams: list[SecondMoment] = []
-    if "cfr" in opts.stages:
-        refinement: Refinement
-        refinement, cached_grams = run.timed("cfr", lambda: run.refine(preservation, keep_grams))
-        transform = refinement.transform
-        run.result_log += refinement.log_lines()
+    preservation, refinement, cached_grams = run.stage1(keep_grams)
+    transform = refinement.transform if refinement else torch.eye(width, dtype=torch.float64)
 
     loras: dict[int, LoraFactors] = dict(trained_loras or {})
     losses: dict[int, list[float]] = {}
@@ -188,6 +191,9 @@ def erase(
         "group_rank": opts.lora_rank if ordered else 0,
         "versions": library_versions(),
         "log": run.result_log,
+        # The ridges the solves added (0 when well conditioned) and the condition numbers.
+        "cfr_ridge": refinement.conditioning.to_dict() if "cfr" in opts.stages else None,
+        "fusion_ridge": fused.conditioning.to_dict() if fused.conditioning else None,
     }
     edit = CompactEdit.from_fused(fused, metadata)
     if parent is not None:
@@ -195,71 +201,69 @@ def erase(
     return ErasureResult(edit, loras, losses, run.timings, run.result_log)
 
 
-def _train_loras(run: _Run, transform, loras, losses, on_lora_trained, parent) -> None:
-    """Stage 2: per group, images from the model erased from (the base, or the parent edit),
-    then a LoRA on top of its weights refined by T."""
-    from .lora_training import LoraOptions, train_concept_lora
-    from .training_data import generate_training_set
+def train_stage2(
+    pipe,
+    identity: ModelIdentity,
+    groups: Sequence[ConceptGroup],
+    options,
+    indices: Sequence[int],
+    *,
+    progress: StageProgress | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    on_lora_trained: Callable[[int, object], None] | None = None,
+    parent: CompactEdit | None = None,
+) -> dict[int, LoraFactors]:
+    """The LoRAs of `groups[i]` for i in `indices` only: one chunk of an erasure whose stage 2
+    is shared out among workers. `erase` with all chunks' LoRAs as `trained_loras` then fuses.
 
-    opts = run.options
-    edited = EditedUnet.of(run.pipe.unet)
-    given = edited.applied
+    CFR runs first as in `erase` (deterministic, and cheap beside stage 2), so every chunk trains
+    on the same refined weights, and each LoRA equals the one `erase` would train up to float
+    rounding. Arguments are those of `erase`.
+    """
+    validate_request(pipe.tokenizer, groups, options)
+    if not set(indices) <= set(range(len(groups))):
+        raise ErasureInputError(f"group indices must lie in 0..{len(groups) - 1}")
+    run = _Run(pipe, identity, groups, options, progress, should_cancel)
+    if "lora" not in run.options.stages:
+        raise ErasureInputError("this erasure has no lora stage to share out")
+    _, refinement, _ = run.stage1(keep_grams=False)
+    width = run.encoder.width
+    transform = refinement.transform if refinement else torch.eye(width, dtype=torch.float64)
+    loras: dict[int, LoraFactors] = {}
+    run.timed(
+        "lora",
+        lambda: _train_loras(run, transform, loras, {}, on_lora_trained, parent, indices=indices),
+    )
+    return loras
+
+
+def _train_loras(
+    run: _Run, transform, loras, losses, on_lora_trained, parent, indices=None
+) -> None:
+    """Stage 2 for the groups (of `indices`, else all) not trained yet: images from the model
+    erased from (the base, or the parent edit), LoRAs on top of its weights refined by T."""
+    from .stage2 import train_group_loras
+
     refined = CompactEdit(transform.float(), {})
     if parent is not None:
         refined = parent.then(refined)
-    pending = [i for i in range(len(run.groups)) if i not in loras]
+    wanted = range(len(run.groups)) if indices is None else sorted(set(indices))
+    pending = [i for i in wanted if i not in loras]
 
-    def report(done: int, offset: float):
-        # Half of each group's share for its images, half for its training steps.
-        return lambda step, total: run.progress(
-            "lora", (done + offset + 0.5 * step / total) / len(pending)
-        )
+    def trained(index: int, lora) -> None:
+        loras[index] = lora.factors
+        losses[index] = list(lora.losses)
+        if on_lora_trained:
+            on_lora_trained(index, lora)
 
-    try:
-        for done, index in enumerate(pending):
-            group = run.groups[index]
-            _set_weights(edited, parent)
-            training_set = generate_training_set(
-                run.pipe,
-                group,
-                index,
-                count=opts.images_per_concept,
-                seed=opts.seed,
-                mask_provider=opts.mask_provider,
-                num_inference_steps=opts.image_steps,
-                guidance_scale=opts.guidance_scale,
-                progress=report(done, 0.0),
-                should_cancel=run.should_cancel,
-            )
-            edited.apply(refined)
-            lora_options = LoraOptions(
-                rank=opts.lora_rank,
-                learning_rate=opts.lora_learning_rate_for(group),
-                steps=opts.lora_steps_for(group),
-                cfis=opts.cfis_for(group),
-                batch_size=opts.lora_batch_size,
-                suppress_end_tokens=opts.lora_suppress_end_tokens,
-            )
-            trained = train_concept_lora(
-                run.pipe,
-                group,
-                index,
-                training_set,
-                lora_options,
-                seed=opts.seed,
-                progress=report(done, 0.5),
-                should_cancel=run.should_cancel,
-            )
-            loras[index] = trained.factors
-            losses[index] = list(trained.losses)
-            if on_lora_trained:
-                on_lora_trained(index, trained)
-    finally:
-        _set_weights(edited, given)
-
-
-def _set_weights(edited: EditedUnet, edit: CompactEdit | None) -> None:
-    if edit is None:
-        edited.restore()
-    else:
-        edited.apply(edit)
+    train_group_loras(
+        run.pipe,
+        run.groups,
+        pending,
+        run.options,
+        refined=refined,
+        source=parent,
+        progress=lambda fraction: run.progress("lora", fraction),
+        should_cancel=run.should_cancel,
+        on_lora_trained=trained,
+    )

@@ -3,36 +3,35 @@
 A rank-r LoRA on `to_k`/`to_v` of every cross-attention layer is trained so that, inside the
 concept's mask, the image attends neither to the phrase's tokens nor to the end and padding
 tokens (which carry the whole prompt's meaning); `suppress_end_tokens=False` leaves the end and
-padding tokens out, for models whose end tokens are alike in every prompt. The result is kept as
-plain (up, down) factors per matrix, and the UNet is returned to exactly its state before
-training. Files are read and written by `lora_files`.
+padding tokens out, for models whose end tokens are alike in every prompt. Several groups train
+in one pass of the frozen UNet, each sample through its own group's factors, each group exactly as
+if trained alone (`routed_lora`, `concept_optimizer`, `training_plan`). The result is kept as plain
+(up, down) factors per matrix, and the UNet is returned to exactly its state before training.
+Files are read and written by `lora_files`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .attention_capture import capture_cross_attention, pixel_grid
 from .cfis import timestep_sampler
+from .concept_optimizer import ConceptAdamW
 from .concepts import ConceptGroup, check_weight
 from .errors import ErasureCancelled, ErasureInputError
-from .layers import cross_attention_projections
 from .lora_files import Factors, save_lora_factors
-from .templates import fill
-from .training_data import TrainingSet, end_token_positions, phrase_token_positions
+from .precision import autocast, autocast_dtype
+from .routed_lora import RoutedLoraBank, routed_lora
+from .training_data import TrainingSet
+from .training_plan import TrainingPlan, encode_training_latents
 
-logger = logging.getLogger(__name__)
-
-ADAPTER_NAME = "mace_stage2"
+__all__ = ["encode_training_latents"]  # re-exported: callers read latents as training does
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,16 @@ class ConceptLora:
         return up @ down
 
 
+@dataclass(frozen=True)
+class LoraJob:
+    """One group's LoRA to train: its group, its position in the request, its images, options."""
+
+    group: ConceptGroup
+    group_index: int
+    training_set: TrainingSet
+    options: LoraOptions
+
+
 def train_concept_lora(
     pipe,
     group: ConceptGroup,
@@ -106,13 +115,11 @@ def train_concept_lora(
     options: LoraOptions,
     *,
     seed: int,
+    precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> ConceptLora:
-    """Train the group's LoRA on the pipeline's current UNet (after stage 1, in a full run).
-
-    Every random draw (LoRA init, images, templates, phrases, timesteps, noise) comes from
-    generators seeded by (seed, group_index). The UNet's weights are never changed.
+    """Train one group's LoRA on the pipeline's current UNet (`train_concept_loras` of one job).
 
     Args:
         pipe: a diffusers `StableDiffusionPipeline` without LoRA adapters loaded.
@@ -121,75 +128,126 @@ def train_concept_lora(
         training_set: the group's images and masks (`generate_training_set`).
         options: rank, learning rate, steps and the rest.
         seed: the run's seed.
+        precision: the frozen UNet's compute type (`precision.TRAINING_PRECISIONS`).
         progress: called as `progress(done, total)` after each step.
+        should_cancel: polled before each step; a true result raises `ErasureCancelled`.
+    """
+    job = LoraJob(group, group_index, training_set, options)
+    return train_concept_loras(
+        pipe, [job], seed=seed, precision=precision, progress=progress, should_cancel=should_cancel
+    )[0]
+
+
+def train_concept_loras(
+    pipe,
+    jobs: Sequence[LoraJob],
+    *,
+    seed: int,
+    precision: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> list[ConceptLora]:
+    """Train several groups' LoRAs in shared UNet passes; each comes out as if trained alone.
+
+    Every step runs the frozen UNet once on the samples of all groups still training, each
+    sample through its own group's factors (`routed_lora`); each group keeps its own random
+    streams (seeded by (seed, group index)), learning rate, gradient clip, Adam state and number
+    of steps. The UNet's weights are never changed.
+
+    Args:
+        pipe: a diffusers `StableDiffusionPipeline` without LoRA adapters loaded.
+        jobs: the groups to train, all with the same LoRA rank.
+        seed: the run's seed.
+        precision: the frozen UNet's compute type (`precision.TRAINING_PRECISIONS`).
+        progress: called as `progress(done, total)` after each step of the pass.
         should_cancel: polled before each step; a true result raises `ErasureCancelled`.
     """
     from diffusers import DDPMScheduler
 
-    if len(training_set) == 0:
-        raise ErasureInputError(f"no training images for {group.name!r}")
+    _check_jobs(pipe.unet, jobs)
     unet = pipe.unet
-    latents = encode_training_latents(pipe.vae, training_set.images).to(unet.device, unet.dtype)
-    prompts = _PromptBank(pipe, group, suppress_end_tokens=options.suppress_end_tokens)
-    noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
-    timesteps = timestep_sampler(
+    schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    generators = [_generator(seed, job.group_index, 0) for job in jobs]
+    samplers = [_sampler(job.options, schedule) for job in jobs]
+    plan = TrainingPlan(pipe, jobs, generators, samplers, schedule)
+    bank = RoutedLoraBank(unet, len(jobs), jobs[0].options.rank)
+    for slot, job in enumerate(jobs):
+        bank.initialise(slot, _generator(seed, job.group_index, 1))
+    optimizer = ConceptAdamW(
+        bank.parameters(),
+        learning_rates=[job.options.learning_rate for job in jobs],
+        weight_decays=[job.options.weight_decay for job in jobs],
+        max_grad_norms=[job.options.grad_clip for job in jobs],
+    )
+    compute_dtype = autocast_dtype(precision, unet.device)
+    total = len(plan.bounds)
+    step_losses = []
+    with routed_lora(unet, bank):
+        for step in range(total):
+            if should_cancel is not None and should_cancel():
+                names = ", ".join(repr(job.group.name) for job in jobs)
+                raise ErasureCancelled(f"cancelled while training the LoRAs of {names}")
+            batch = plan.batch(step)
+            bank.route = batch.route
+            with torch.enable_grad():
+                with autocast(unet.device, compute_dtype):
+                    per_sample = _step_losses(unet, plan, batch)
+                per_concept = torch.zeros(len(jobs), device=per_sample.device).index_add(
+                    0, batch.route, per_sample * batch.sample_weights
+                )
+                optimizer.zero_grad()
+                per_concept.sum().backward()
+            optimizer.step(plan.active[step])
+            step_losses.append(per_concept.detach())
+            if progress is not None:
+                progress(step + 1, total)
+    losses = torch.stack(step_losses).cpu()
+    return [
+        ConceptLora(
+            job.group,
+            job.group_index,
+            bank.factors(slot),
+            losses[: job.options.steps, slot].tolist(),
+            job.options,
+            seed,
+        )
+        for slot, job in enumerate(jobs)
+    ]
+
+
+def _step_losses(unet, plan: TrainingPlan, batch) -> torch.Tensor:
+    """Each sample's suppression loss for one step (no host synchronisation)."""
+    with capture_cross_attention(unet, keep_graph=True) as store:
+        unet(batch.noisy, batch.timesteps, encoder_hidden_states=batch.embeds, return_dict=False)
+        return per_sample_suppression_loss(
+            store.last(),
+            lambda pixels: plan.masks_at(plan.grid_of(pixels), batch.images),
+            batch.token_weights,
+        )
+
+
+def _check_jobs(unet, jobs: Sequence[LoraJob]) -> None:
+    if not jobs:
+        raise ErasureInputError("no LoRAs to train")
+    if len({job.options.rank for job in jobs}) != 1:
+        raise ErasureInputError("LoRAs trained in one pass must share their rank")
+    for job in jobs:
+        if len(job.training_set) == 0:
+            raise ErasureInputError(f"no training images for {job.group.name!r}")
+    if getattr(unet, "peft_config", None):
+        raise ErasureInputError(
+            "the UNet already carries LoRA adapters; fuse or unload them before stage 2"
+        )
+
+
+def _sampler(options: LoraOptions, schedule):
+    return timestep_sampler(
         options.cfis,
         gamma=options.gamma,
         t1=options.t1,
         t2=options.t2,
-        num_train_timesteps=noise_schedule.config.num_train_timesteps,
+        num_train_timesteps=schedule.config.num_train_timesteps,
     )
-    generator = torch.Generator("cpu").manual_seed(_stream_seed(seed, group_index, 0))
-    losses: list[float] = []
-
-    def batch_loss(size: int, generator: torch.Generator) -> torch.Tensor:
-        picks = torch.randint(len(training_set), (size,), generator=generator)
-        prompt_embeds, token_sets = prompts.draw(size, generator)
-        t = timesteps.sample(size, generator).to(unet.device)
-        noise = torch.randn(latents[picks].shape, generator=generator).to(latents)
-        noisy = noise_schedule.add_noise(latents[picks], noise, t)
-        with torch.enable_grad(), capture_cross_attention(unet, keep_graph=True) as store:
-            unet(noisy, t, encoder_hidden_states=prompt_embeds, return_dict=False)
-            maps = store.last()
-            return attention_suppression_loss(
-                maps, training_set.masks[picks], token_sets, tuple(latents.shape[-2:])
-            )
-
-    with _trainable_lora(unet, options.rank, seed=_stream_seed(seed, group_index, 1)) as params:
-        optimizer = torch.optim.AdamW(
-            params, lr=options.learning_rate, weight_decay=options.weight_decay
-        )
-        for step in range(options.steps):
-            if should_cancel is not None and should_cancel():
-                raise ErasureCancelled(f"cancelled while training the LoRA of {group.name!r}")
-            loss = batch_loss(options.batch_size, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-            if progress is not None:
-                progress(step + 1, options.steps)
-        factors = _adapter_factors(unet)
-    return ConceptLora(group, group_index, factors, losses, options, seed)
-
-
-def encode_training_latents(vae: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """VAE latents of images in [0, 1]: pixels mapped to [-1, 1] (what the VAE was trained on),
-    the latent distribution's mean (deterministic), times the VAE's scaling factor.
-
-    Args:
-        vae: the pipeline's `AutoencoderKL`.
-        images: (N, 3, H, W) floats in [0, 1].
-    """
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    encoded = []
-    with torch.no_grad():
-        for image in images:  # one at a time: full-size VAE activations are large
-            pixels = image[None].to(vae.device, vae.dtype) * 2 - 1
-            mean = vae.encode(pixels).latent_dist.mean
-            encoded.append((mean - shift) * vae.config.scaling_factor)
-    return torch.cat(encoded)
 
 
 def attention_suppression_loss(
@@ -209,15 +267,45 @@ def attention_suppression_loss(
         token_sets: per batch entry, the suppressed token positions S.
         latent_size: (height, width) of the latent the UNet ran on.
     """
+    device = next(iter(maps.values())).device
+    tokens = next(iter(maps.values())).shape[-1]
+    weights = torch.zeros(len(token_sets), tokens, device=device)
+    for row, positions in enumerate(token_sets):
+        weights[row, list(positions)] = 1.0
+
+    def masks_at(pixels: int) -> torch.Tensor:
+        grid = pixel_grid(pixels, latent_size)
+        resized = F.interpolate(masks[:, None].float(), size=grid, mode="nearest") > 0.5
+        return resized.flatten(1).float().to(device)
+
+    return per_sample_suppression_loss(maps, masks_at, weights).mean()
+
+
+def per_sample_suppression_loss(
+    maps: dict[str, torch.Tensor],
+    masks_at: Callable[[int], torch.Tensor],
+    token_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Per batch entry b, sum over layers of ||A_l[b, :, mask_l, S_b]||_F, as a (batch,) tensor.
+
+    Masks and token sets enter as 0/1 weights rather than as indices, so nothing waits for the
+    device to say how many pixels a mask holds.
+
+    Args:
+        maps: per layer, attention probabilities (batch, heads, pixels, tokens).
+        masks_at: the (batch, pixels) 0/1 masks for a layer with that many pixels.
+        token_weights: (batch, tokens): 1 on the suppressed positions S_b.
+    """
     total = 0.0
     for probabilities in maps.values():
-        grid = pixel_grid(probabilities.shape[2], latent_size)
-        layer_masks = F.interpolate(masks[:, None].float(), size=grid, mode="nearest") > 0.5
-        layer_masks = layer_masks.flatten(1).to(probabilities.device)
-        for index, tokens in enumerate(token_sets):
-            inside = probabilities[index][:, layer_masks[index]]
-            total = total + torch.linalg.vector_norm(inside[..., list(tokens)].float())
-    return total / len(token_sets)
+        inside = masks_at(probabilities.shape[2])[:, None, :, None]
+        weighted = probabilities.float() * (inside * token_weights[:, None, None, :])
+        total = total + torch.linalg.vector_norm(weighted.flatten(1), dim=1)
+    return total
+
+
+def _generator(seed: int, group_index: int, stream: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(_stream_seed(seed, group_index, stream))
 
 
 def _stream_seed(seed: int, group_index: int, stream: int) -> int:
@@ -225,83 +313,6 @@ def _stream_seed(seed: int, group_index: int, stream: int) -> int:
     training images' seeds (`training_data.image_seed`)."""
     sequence = np.random.SeedSequence([seed, group_index], spawn_key=(2, stream))
     return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-class _PromptBank:
-    """Template prompts with a target phrase: cached text embeddings and suppressed positions."""
-
-    def __init__(self, pipe, group: ConceptGroup, *, suppress_end_tokens: bool) -> None:
-        self.pipe, self.group = pipe, group
-        self.suppress_end_tokens = suppress_end_tokens
-        self.templates = group.prompt_templates
-        self.cache: dict[tuple[str, str], tuple[torch.Tensor, list[int]]] = {}
-
-    def get(self, template: str, phrase: str) -> tuple[torch.Tensor, list[int]]:
-        key = (template, phrase)
-        if key not in self.cache:
-            prompt = fill(template, phrase)
-            tokenizer = self.pipe.tokenizer
-            tokens = phrase_token_positions(tokenizer, template, phrase)
-            if self.suppress_end_tokens:
-                tokens += end_token_positions(tokenizer, prompt)
-            with torch.no_grad():  # the text encoder is frozen: encode each prompt once
-                embeds = self.pipe.encode_prompt(prompt, self.pipe.unet.device, 1, False)[0]
-            self.cache[key] = (embeds[0].to(self.pipe.unet.dtype), tokens)
-        return self.cache[key]
-
-    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[list[int]]]:
-        """`n` random (template, phrase) prompts: embeddings (n, 77, d) and token sets."""
-        drawn = []
-        for _ in range(n):
-            template = self.templates[torch.randint(len(self.templates), (), generator=generator)]
-            phrase = self.group.targets[
-                torch.randint(len(self.group.targets), (), generator=generator)
-            ]
-            drawn.append(self.get(template, phrase))
-        return torch.stack([e for e, _ in drawn]), [tokens for _, tokens in drawn]
-
-
-@contextmanager
-def _trainable_lora(unet: nn.Module, rank: int, *, seed: int) -> Iterator[list[nn.Parameter]]:
-    """Attach a fresh LoRA to every cross-attention to_k/to_v, with only its parameters
-    trainable; on exit remove it and restore the UNet's modules and requires_grad flags."""
-    from peft import LoraConfig
-
-    if getattr(unet, "peft_config", None):
-        raise ErasureInputError(
-            "the UNet already carries LoRA adapters; fuse or unload them before stage 2"
-        )
-    targets = list(cross_attention_projections(unet))
-    flags = {name: p.requires_grad for name, p in unet.named_parameters()}
-    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=targets)
-    try:
-        with torch.random.fork_rng():  # peft draws the kaiming init from torch's RNG
-            torch.manual_seed(seed)
-            unet.add_adapter(config, adapter_name=ADAPTER_NAME)
-        params = []
-        for name, param in unet.named_parameters():
-            is_lora = f".{ADAPTER_NAME}." in name and ".lora_" in name
-            if is_lora:
-                # float32 factors even on a float16 UNet: Adam updates need the precision.
-                param.data = param.data.float()
-            param.requires_grad_(is_lora)
-            if is_lora:
-                params.append(param)
-        yield params
-    finally:
-        if getattr(unet, "peft_config", None):
-            unet.unload_lora()
-        for name, param in unet.named_parameters():
-            param.requires_grad_(flags[name])
-
-
-def _adapter_factors(unet: nn.Module) -> Factors:
-    factors = {}
-    for name, layer in cross_attention_projections(unet).items():
-        down = layer.lora_A[ADAPTER_NAME].weight.detach().float().cpu().clone()
-        up = layer.lora_B[ADAPTER_NAME].weight.detach().float().cpu()
-        factors[name] = (up * layer.scaling[ADAPTER_NAME], down)
-    return factors
 
 
 def save_concept_lora(lora: ConceptLora, directory: str | Path) -> Path:

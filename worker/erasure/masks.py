@@ -34,45 +34,69 @@ class MaskProvider(Protocol):
     ) -> torch.Tensor: ...
 
 
-class ConceptAttentionAccumulator:
-    """Reduces cross-attention maps to one map of the concept's tokens, at latent resolution.
+class ConceptAttentionMaps:
+    """Reduces cross-attention maps to one map per image of its concept's tokens, at latent
+    resolution, for a batch of images generated together.
 
-    Each recorded call (one layer at one denoising step) contributes the attention of the
-    conditional prompt on the concept's tokens, summed over those tokens, averaged over heads,
+    Each recorded call (one layer at one denoising step) contributes, per image, the attention of
+    its conditional prompt on its concept's tokens, summed over those tokens, averaged over heads,
     and resized (bilinear) from the layer's grid to the latent grid. Every layer and step weighs
-    the same. Only the running sum is kept, so memory does not grow with the number of steps.
+    the same. Only the running sums are kept, on the device the maps are on, so memory does not
+    grow with the number of steps and nothing is copied to the host until the maps are read.
 
     Args:
-        token_positions: positions of the concept's tokens in the 77-token prompt.
-        latent_size: (height, width) of the latent being denoised.
-        batch_index: which batch entry is the conditional prompt; the last one under
-            classifier-free guidance, where diffusers' pipelines put the unconditional first.
+        token_positions: per image, the positions of its concept's tokens in its 77-token prompt.
+        latent_size: (height, width) of the latents being denoised.
     """
 
     def __init__(
-        self, token_positions: Sequence[int], latent_size: tuple[int, int], batch_index: int = -1
+        self, token_positions: Sequence[Sequence[int]], latent_size: tuple[int, int]
     ) -> None:
-        self.token_positions = list(token_positions)
+        self.token_positions = [list(positions) for positions in token_positions]
         self.latent_size = tuple(latent_size)
-        self.batch_index = batch_index
-        self.total = torch.zeros(self.latent_size, dtype=torch.float32)
+        self.total: torch.Tensor | None = None
+        self.selection: torch.Tensor | None = None
         self.count = 0
 
     def record(self, layer: str, probabilities: torch.Tensor) -> None:
-        concept = probabilities[self.batch_index][..., self.token_positions].float()
-        per_pixel = concept.sum(dim=-1).mean(dim=0)
-        grid = pixel_grid(per_pixel.numel(), self.latent_size)
+        # Under classifier-free guidance diffusers puts the unconditional prompts first, so the
+        # conditional ones are always the last `images` entries.
+        images = len(self.token_positions)
+        conditional = probabilities[-images:]
+        if self.selection is None:
+            self.selection = torch.zeros(images, conditional.shape[-1], device=conditional.device)
+            for row, positions in enumerate(self.token_positions):
+                self.selection[row, positions] = 1.0
+            self.total = torch.zeros(images, *self.latent_size, device=conditional.device)
+        heads = conditional.shape[1]
+        selection = self.selection.to(conditional.dtype)
+        per_pixel = torch.einsum("bhpt,bt->bp", conditional, selection).float() / heads
+        grid = pixel_grid(per_pixel.shape[1], self.latent_size)
         resized = F.interpolate(
-            per_pixel.view(1, 1, *grid), size=self.latent_size, mode="bilinear", align_corners=False
+            per_pixel.view(images, 1, *grid),
+            size=self.latent_size,
+            mode="bilinear",
+            align_corners=False,
         )
-        self.total += resized[0, 0].detach().cpu()
+        self.total += resized[:, 0].detach()
         self.count += 1
+
+    def concept_maps(self) -> torch.Tensor:
+        """The mean map of each image over every recorded layer and step (images x H x W)."""
+        if self.count == 0 or self.total is None:
+            raise RuntimeError("no cross-attention was recorded")
+        return (self.total / self.count).cpu()
+
+
+class ConceptAttentionAccumulator(ConceptAttentionMaps):
+    """`ConceptAttentionMaps` of one image."""
+
+    def __init__(self, token_positions: Sequence[int], latent_size: tuple[int, int]) -> None:
+        super().__init__([token_positions], latent_size)
 
     def concept_map(self) -> torch.Tensor:
         """The mean map over every recorded layer and step (latent height x width)."""
-        if self.count == 0:
-            raise RuntimeError("no cross-attention was recorded")
-        return self.total / self.count
+        return self.concept_maps()[0]
 
 
 class AttentionMaskProvider:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .concepts import ConceptGroup, check_weight
 from .errors import ErasureInputError
+from .precision import check_training_precision
 
 STAGES = ("cfr", "lora", "fusion")
 # Positions of each preservation prompt that P counts (see statistics.prompt_second_moment).
@@ -40,6 +41,10 @@ class ErasureOptions:
     guidance_scale: float = 7.5
     mask_provider: str = "attention"
     seed: int = 0
+    # How stage 2 runs, not what it computes (results agree up to float rounding):
+    concepts_per_pass: int | None = None  # groups sharing a sampling and training pass; auto
+    image_batch_size: int | None = None  # images per sampling call; None: auto
+    training_precision: str = "auto"  # the frozen UNet's type in training (precision.py)
     extra: dict = field(default_factory=dict, compare=False)
 
     def validate(self) -> ErasureOptions:
@@ -59,8 +64,10 @@ class ErasureOptions:
         check_weight("guidance_scale", self.guidance_scale)
         for name in ("lora_rank", "lora_batch_size", "images_per_concept", "image_steps"):
             _check_count(name, getattr(self, name))
-        if self.lora_steps is not None:
-            _check_count("lora_steps", self.lora_steps)
+        for name in ("lora_steps", "concepts_per_pass", "image_batch_size"):
+            if getattr(self, name) is not None:
+                _check_count(name, getattr(self, name))
+        check_training_precision(self.training_precision)
         if not isinstance(self.lora_suppress_end_tokens, bool):
             raise ErasureInputError(
                 "lora_suppress_end_tokens must be true or false, "

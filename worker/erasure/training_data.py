@@ -3,8 +3,8 @@ concept phrase sits among a prompt's tokens."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 from .attention_capture import capture_cross_attention
 from .concepts import ConceptGroup
 from .errors import ErasureCancelled, ErasureInputError
-from .masks import ConceptAttentionAccumulator, MaskProvider
+from .masks import ConceptAttentionMaps, MaskProvider
 from .masks import mask_provider as provider_named
 from .pairing import TokenCounter, end_token_position, phrase_span
 from .templates import fill
@@ -71,82 +71,177 @@ def generate_training_set(
     guidance_scale: float = 7.5,
     height: int | None = None,
     width: int | None = None,
+    batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> TrainingSet:
-    """Generate the group's training images and their masks, reproducibly.
+    """One group's training images and masks (`generate_training_sets` of one group)."""
+    return generate_training_sets(
+        pipe,
+        [(group_index, group)],
+        seed=seed,
+        count=count,
+        mask_provider=mask_provider,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        progress=progress,
+        should_cancel=should_cancel,
+    )[0]
 
-    Image i shows target phrase `i mod len(targets)` in image template `i mod len(image_templates)`,
-    generated with a generator seeded by `image_seed(seed, group_index, i)`. Pass the base model:
-    its attention maps, captured during the same generation, make the `attention` masks.
+
+@dataclass(frozen=True)
+class _ImageSpec:
+    """One training image to draw: which group it belongs to and how it is seeded."""
+
+    slot: int
+    prompt: str
+    phrase: str
+    seed: int
+    positions: list[int]
+
+
+def generate_training_sets(
+    pipe,
+    groups: Sequence[tuple[int, ConceptGroup]],
+    *,
+    seed: int,
+    count: int = DEFAULT_IMAGES_PER_GROUP,
+    mask_provider: str | MaskProvider = "attention",
+    num_inference_steps: int = 30,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> list[TrainingSet]:
+    """Generate several groups' training images and masks, reproducibly, many per sampling call.
+
+    Image i of a group shows target phrase `i mod len(targets)` in image template
+    `i mod len(image_templates)` and starts from noise drawn with a generator seeded by
+    `image_seed(seed, group_index, i)`, so it is the same picture (up to float rounding) whatever
+    the batch it is drawn in. Pass the base model: its attention maps, captured during the same
+    generation, make the `attention` masks.
 
     Args:
         pipe: a diffusers `StableDiffusionPipeline`.
-        group: the concept group.
-        group_index: the group's position in the request (part of every image's seed).
+        groups: (group index in the request, group) pairs; the index is part of every seed.
         seed: the run's seed.
-        count: images to generate (>= 1).
+        count: images per group (>= 1).
         mask_provider: a mask provider or its name in `MASK_PROVIDERS`.
         num_inference_steps: denoising steps per image.
         guidance_scale: classifier-free guidance scale.
         height: image height; the UNet's native size when omitted.
         width: image width; the UNet's native size when omitted.
-        progress: called as `progress(done, total)` after each image.
-        should_cancel: polled before each image; a true result raises `ErasureCancelled`.
+        batch_size: images per sampling call; all of them in one call when omitted.
+        progress: called as `progress(images done, images in all)` after each call.
+        should_cancel: polled at every denoising step; a true result raises `ErasureCancelled`.
     """
     if count < 1:
         raise ErasureInputError(f"count must be >= 1, got {count}")
+    if batch_size is not None and batch_size < 1:
+        raise ErasureInputError(f"batch_size must be >= 1, got {batch_size}")
     provider = provider_named(mask_provider) if isinstance(mask_provider, str) else mask_provider
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = height or native, width or native
     latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    templates = group.image_templates
-    images, image_masks, prompts, phrases, seeds = [], [], [], [], []
-    for index in range(count):
-        if should_cancel is not None and should_cancel():
-            raise ErasureCancelled(f"cancelled while generating images for {group.name!r}")
-        phrase = group.targets[index % len(group.targets)]
-        template = templates[index % len(templates)]
-        prompt = fill(template, phrase)
-        image_seed_value = image_seed(seed, group_index, index)
-        generator = torch.Generator("cpu").manual_seed(image_seed_value)
-        positions = phrase_token_positions(pipe.tokenizer, template, phrase)
-        image, concept_map = _generate(
-            pipe,
-            prompt,
-            generator,
-            recorder=ConceptAttentionAccumulator(positions, latent_size)
+    specs = [
+        _image_spec(pipe.tokenizer, slot, group, group_index, index, seed)
+        for slot, (group_index, group) in enumerate(groups)
+        for index in range(count)
+    ]
+    batch_size = batch_size or len(specs)
+    images, masks = [], []
+    for start in range(0, len(specs), batch_size):
+        chunk = specs[start : start + batch_size]
+        recorder = (
+            ConceptAttentionMaps([spec.positions for spec in chunk], latent_size)
             if provider.uses_attention
-            else None,
+            else None
+        )
+        pictures = _generate(
+            pipe,
+            chunk,
+            recorder=recorder,
+            should_cancel=should_cancel,
             height=height,
             width=width,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
         )
-        images.append(image)
-        image_masks.append(provider(image, phrase, concept_map).bool().cpu())
-        prompts.append(prompt)
-        phrases.append(phrase)
-        seeds.append(image_seed_value)
+        concept_maps = recorder.concept_maps() if recorder is not None else [None] * len(chunk)
+        for spec, picture, concept_map in zip(chunk, pictures, concept_maps, strict=True):
+            images.append(picture)
+            masks.append(provider(picture, spec.phrase, concept_map).bool().cpu())
         if progress is not None:
-            progress(index + 1, count)
-    return TrainingSet(
-        group=group,
-        images=torch.stack(images),
-        masks=torch.stack(image_masks),
-        prompts=prompts,
-        phrases=phrases,
-        seeds=seeds,
-        mask_provider=provider.name,
+            progress(len(images), len(specs))
+    return [
+        _training_set(group, provider.name, specs, images, masks, slot)
+        for slot, (_, group) in enumerate(groups)
+    ]
+
+
+def _image_spec(tokenizer, slot, group: ConceptGroup, group_index, index, seed) -> _ImageSpec:
+    phrase = group.targets[index % len(group.targets)]
+    template = group.image_templates[index % len(group.image_templates)]
+    return _ImageSpec(
+        slot=slot,
+        prompt=fill(template, phrase),
+        phrase=phrase,
+        seed=image_seed(seed, group_index, index),
+        positions=phrase_token_positions(tokenizer, template, phrase),
     )
 
 
-def _generate(pipe, prompt, generator, *, recorder, **call_options):
-    """One image (3 x H x W in [0, 1]) and, with a recorder, the concept map of its generation."""
+def _training_set(group, provider_name, specs, images, masks, slot) -> TrainingSet:
+    rows = [row for row, spec in enumerate(specs) if spec.slot == slot]
+    return TrainingSet(
+        group=group,
+        images=torch.stack([images[row] for row in rows]),
+        masks=torch.stack([masks[row] for row in rows]),
+        prompts=[specs[row].prompt for row in rows],
+        phrases=[specs[row].phrase for row in rows],
+        seeds=[specs[row].seed for row in rows],
+        mask_provider=provider_name,
+    )
+
+
+def _generate(pipe, specs, *, recorder, should_cancel, **call_options) -> torch.Tensor:
+    """The images (B x 3 x H x W in [0, 1], on the CPU) of one sampling call."""
+    generators = [torch.Generator("cpu").manual_seed(spec.seed) for spec in specs]
     capture = (
         capture_cross_attention(pipe.unet, recorder) if recorder is not None else nullcontext()
     )
-    with capture:
-        output = pipe(prompt, generator=generator, output_type="pt", **call_options)
-    image = output.images[0].detach().float().cpu().clamp(0, 1)
-    return image, recorder.concept_map() if recorder is not None else None
+
+    def poll_cancel(pipeline, step, timestep, outputs):
+        if should_cancel is not None and should_cancel():
+            raise ErasureCancelled("cancelled while generating the training images")
+        return outputs
+
+    if should_cancel is not None and should_cancel():
+        raise ErasureCancelled("cancelled while generating the training images")
+    with capture, _vae_slicing(pipe.vae):
+        output = pipe(
+            [spec.prompt for spec in specs],
+            generator=generators,
+            output_type="pt",
+            callback_on_step_end=poll_cancel,
+            **call_options,
+        )
+    return output.images.detach().float().cpu().clamp(0, 1)
+
+
+@contextmanager
+def _vae_slicing(vae):
+    """Decode a batch one image at a time: full-size VAE activations of a batch are large."""
+    before = getattr(vae, "use_slicing", None)
+    if before is not None:
+        vae.use_slicing = True
+    try:
+        yield
+    finally:
+        if before is not None:
+            vae.use_slicing = before
