@@ -109,12 +109,18 @@ def train_group_loras(
 
 
 def split_into_passes(indices: list[int], per_pass: int) -> list[list[int]]:
-    """`indices` in request order, in the fewest passes of at most `per_pass`, sized evenly."""
+    """`indices` in request order, in the fewest passes of at most `per_pass`, their sizes
+    differing by one at most."""
     if not indices:
         return []
     passes = math.ceil(len(indices) / per_pass)
-    size = math.ceil(len(indices) / passes)
-    return [indices[start : start + size] for start in range(0, len(indices), size)]
+    size, larger = divmod(len(indices), passes)
+    chunks, start = [], 0
+    for number in range(passes):
+        end = start + size + (number < larger)
+        chunks.append(indices[start:end])
+        start = end
+    return chunks
 
 
 def concepts_per_pass(requested: int | None, pipe, pending: int, options) -> int:
