@@ -132,6 +132,25 @@ def _add_erase(sub) -> None:
         default=None,
         help="concept-focal timestep sampling (default by kind)",
     )
+    speed = p.add_argument_group("stage-2 execution (speed and memory, not results)")
+    speed.add_argument(
+        "--concepts-per-pass",
+        type=int,
+        help="groups whose images and LoRAs share each UNet pass (default: as many as fit the "
+        "GPU's free memory, up to 32; 1 = one group at a time)",
+    )
+    speed.add_argument(
+        "--image-batch-size",
+        type=int,
+        help="training images per sampling call (default: a pass's images, up to 64 on a GPU)",
+    )
+    speed.add_argument(
+        "--training-precision",
+        choices=("auto", "bf16", "fp16", "off"),
+        default="auto",
+        help="the frozen UNet's type while LoRAs train; the LoRAs stay float32 (default auto: "
+        "bf16 on GPUs that have it, else fp16; the model's own type on the CPU)",
+    )
     tuning.add_argument(
         "--lora-file",
         action="append",

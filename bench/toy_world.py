@@ -64,6 +64,8 @@ from worker.toy.prompts import (  # noqa: E402
 from worker.toy.scoring import score_concepts  # noqa: E402
 
 SEED = 0
+# How stage 2 is run: one group and one image at a time, or batched (the engine's default).
+STAGE2_MODES = {"sequential": {"concepts_per_pass": 1, "image_batch_size": 1}, "batched": {}}
 METHODS = {"full": ("cfr", "lora", "fusion"), "cfr_only": ("cfr",), "lora_only": ("lora", "fusion")}
 
 
@@ -269,6 +271,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--anchor", help="the anchor of every erased concept (default: the toy's)")
     p.add_argument(
+        "--stage2",
+        choices=STAGE2_MODES,
+        default="batched",
+        help="stage 2 one group and one image at a time, or batched (default)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=SEED,
@@ -292,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if judge is None:
         raise SystemExit(f"no judge next to {args.model}; train one with `mace toy train-judge`")
     torch.manual_seed(args.seed)
-    common = {"images_per_concept": args.images, "image_steps": 25}
+    common = {"images_per_concept": args.images, "image_steps": 25, **STAGE2_MODES[args.stage2]}
     anchors = {
         kind: KIND_DEFAULTS[kind].anchor if args.kind_defaults else ANCHORS[kind]
         for kind in ("object", "style")
@@ -365,6 +373,7 @@ def write_json(
             "templates": {k: list(erasure_templates(k)) for k in args.kinds},
             "anchors": {k: anchors[k] for k in args.kinds},
             "seed": args.seed,
+            "stage2": args.stage2,
         },
         "environment": {
             "cpu_count": os.cpu_count(),

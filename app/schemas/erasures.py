@@ -19,6 +19,7 @@ Kind = Literal["object", "person", "style", "explicit"]
 Stage = Literal["cfr", "lora", "fusion"]
 MaskProvider = Literal["attention", "full", "grounded-sam"]
 PreservationTokens = Literal["all", "words"]
+TrainingPrecision = Literal["auto", "bf16", "fp16", "off"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STAGES: tuple[str, ...] = ("cfr", "lora", "fusion")
 
@@ -40,7 +41,11 @@ OPTION_FIELDS = (
 )
 # Options added later, stored only when they differ from their default so that requests made
 # without them keep the sha256 they had before the option existed.
-LATER_OPTION_DEFAULTS = {"lora_suppress_end_tokens": True, "preservation_tokens": "all"}
+LATER_OPTION_DEFAULTS = {
+    "lora_suppress_end_tokens": True,
+    "preservation_tokens": "all",
+    "training_precision": "auto",
+}
 
 
 class ConceptGroupIn(BaseModel):
@@ -138,6 +143,11 @@ class ErasureCreate(BaseModel):
         "false: only the phrase's own tokens",
     )
     cfis: StrictBool | None = None
+    training_precision: TrainingPrecision = Field(
+        default="auto",
+        description="the frozen UNet's type while the LoRAs train (they stay float32): auto "
+        "(bf16 on GPUs that have it, else fp16), bf16, fp16, or off (the model's own type)",
+    )
     images_per_concept: Count = 8
     image_steps: Count = 30
     guidance_scale: Weight = 7.5

@@ -37,6 +37,10 @@ def test_tiny_model_erase_generate_export(tmp_path, capsys):
             "--no-lora-end-tokens",
             "--preservation-tokens",
             "words",
+            "--concepts-per-pass",
+            "1",
+            "--training-precision",
+            "off",
         ]
     )
     assert code == 0
@@ -49,6 +53,8 @@ def test_tiny_model_erase_generate_export(tmp_path, capsys):
     assert manifest["options"]["lora_steps"] == 2
     assert manifest["options"]["lora_suppress_end_tokens"] is False
     assert manifest["options"]["preservation_tokens"] == "words"
+    assert manifest["options"]["concepts_per_pass"] == 1
+    assert manifest["options"]["training_precision"] == "off"
     png = tmp_path / "out.png"
     assert (
         main(

@@ -69,6 +69,7 @@ def test_stored_request_is_normalised(api):
     assert options["fusion_lambda"] == 0.1 and options["lora_rank"] == 1
     # Options added later are stored only when set away from their default, like `templates`.
     assert "lora_suppress_end_tokens" not in options and "preservation_tokens" not in options
+    assert "training_precision" not in options
     assert (request["seed"], request["tags"], request["base_model"]) == (0, [], base.name)
     assert job["request_sha256"] == request_sha256(request)
 
@@ -84,6 +85,12 @@ def test_preservation_over_the_captions_words_is_stored_for_the_engine(api):
     base = api.base_model()
     job = api.post("/erasures", json=concept_body(base.name, preservation_tokens="words")).json()
     assert api.job(job["id"]).request["options"]["preservation_tokens"] == "words"
+
+
+def test_training_precision_is_stored_for_the_engine(api):
+    base = api.base_model()
+    job = api.post("/erasures", json=concept_body(base.name, training_precision="off")).json()
+    assert api.job(job["id"]).request["options"]["training_precision"] == "off"
 
 
 def test_read_and_404(api):

@@ -43,6 +43,7 @@ BAD_VALUES = [
     ({"cfis": "yes"}, ["cfis"]),
     ({"lora_suppress_end_tokens": "no"}, ["lora_suppress_end_tokens"]),
     ({"preservation_tokens": "padding"}, ["preservation_tokens"]),
+    ({"training_precision": "fp8"}, ["training_precision"]),
     ({"seed": -1}, ["seed"]),
     ({"seed": 2**40}, ["seed"]),
     ({"tags": [""]}, ["tags", 0]),

@@ -62,6 +62,8 @@ def test_request_templates_reach_the_group():
         ({"options": {"lora_rnak": 1}}, "unknown option(s) lora_rnak"),
         ({"options": {"lora_suppress_end_tokens": "no"}}, "must be true or false"),
         ({"options": {"preservation_tokens": "padding"}}, "must be one of all, words"),
+        ({"options": {"training_precision": "fp8"}}, "training_precision must be one of"),
+        ({"options": {"concepts_per_pass": 0}}, "concepts_per_pass must be a whole number"),
         ({"stages": ["fusion"]}, "the fusion stage fuses LoRAs"),
         ({"concepts": [{"targets": [], "kind": "object"}]}, "at least one non-empty target"),
         ({"concepts": []}, None),  # refused by the engine's validate_request, not here

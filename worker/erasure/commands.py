@@ -101,6 +101,9 @@ def _options_from_args(args):
         image_steps=args.image_steps,
         mask_provider=args.mask_provider,
         seed=args.seed,
+        concepts_per_pass=args.concepts_per_pass,
+        image_batch_size=args.image_batch_size,
+        training_precision=args.training_precision,
         **{k: v for k, v in overrides.items() if v is not None},
     )
 

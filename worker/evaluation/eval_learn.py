@@ -54,6 +54,9 @@ ENGINE_KEYS = {
     "images_per_concept",
     "image_steps",
     "mask_provider",
+    "concepts_per_pass",
+    "image_batch_size",
+    "training_precision",
 }
 EXPLICIT_WORDS = {"nudity", "nude", "naked", "nsfw", "sexual"}
 
