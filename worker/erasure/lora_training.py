@@ -28,6 +28,7 @@ from .errors import ErasureCancelled, ErasureInputError
 from .lora_files import Factors, save_lora_factors
 from .precision import autocast, autocast_dtype
 from .routed_lora import RoutedLoraBank, routed_lora
+from .timing import StageClock
 from .training_data import TrainingSet
 from .training_plan import TrainingPlan, encode_training_latents
 
@@ -146,6 +147,7 @@ def train_concept_loras(
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[ConceptLora]:
     """Train several groups' LoRAs in shared UNet passes; each comes out as if trained alone.
 
@@ -161,11 +163,14 @@ def train_concept_loras(
         precision: the frozen UNet's compute type (`precision.TRAINING_PRECISIONS`).
         progress: called as `progress(done, total)` after each step of the pass.
         should_cancel: polled before each step; a true result raises `ErasureCancelled`.
+        timings: if given, seconds of setup (latents, prompts, draws) and of the steps are
+            added under "lora_setup" and "lora_steps".
     """
     from diffusers import DDPMScheduler
 
     _check_jobs(pipe.unet, jobs)
     unet = pipe.unet
+    clock = StageClock(unet.device, timings)
     schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     generators = [_generator(seed, job.group_index, 0) for job in jobs]
     samplers = [_sampler(job.options, schedule) for job in jobs]
@@ -182,6 +187,7 @@ def train_concept_loras(
     compute_dtype = autocast_dtype(precision, unet.device)
     total = len(plan.bounds)
     step_losses = []
+    clock.lap("lora_setup")
     with routed_lora(unet, bank):
         for step in range(total):
             if should_cancel is not None and should_cancel():
@@ -202,6 +208,7 @@ def train_concept_loras(
             if progress is not None:
                 progress(step + 1, total)
     losses = torch.stack(step_losses).cpu()
+    clock.lap("lora_steps")
     return [
         ConceptLora(
             job.group,

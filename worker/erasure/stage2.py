@@ -17,6 +17,7 @@ import torch
 from .concepts import ConceptGroup
 from .edit import CompactEdit, EditedUnet
 from .lora_training import ConceptLora, LoraJob, LoraOptions, train_concept_loras
+from .timing import StageClock
 from .training_data import generate_training_sets
 
 # Without a GPU to measure, passes hold this many groups: enough to amortise per-call overhead.
@@ -41,6 +42,7 @@ def train_group_loras(
     progress: Progress | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_lora_trained: Callable[[int, ConceptLora], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[int, ConceptLora]:
     """Train the LoRAs of `groups[i]` for i in `indices`, pass by pass.
 
@@ -55,6 +57,7 @@ def train_group_loras(
         should_cancel: polled between steps; a true result raises `ErasureCancelled`.
         on_lora_trained: called with (group index, ConceptLora) as soon as a pass ends, so a
             caller can store each LoRA before the next pass starts.
+        timings: if given, seconds are added under "lora_images", "lora_setup", "lora_steps".
     """
     report = progress or (lambda fraction: None)
     edited = EditedUnet.of(pipe.unet)
@@ -69,6 +72,7 @@ def train_group_loras(
 
     try:
         for chunk in split_into_passes(list(indices), per_pass):
+            clock = StageClock(pipe.unet.device, timings)
             _set_weights(edited, source)
             images = options.images_per_concept * len(chunk)
             training_sets = generate_training_sets(
@@ -84,6 +88,7 @@ def train_group_loras(
                 should_cancel=should_cancel,
             )
             work_done += images
+            clock.lap("lora_images")
             edited.apply(refined)
             jobs = [
                 LoraJob(groups[i], i, training_set, _lora_options(options, groups[i]))
@@ -97,6 +102,7 @@ def train_group_loras(
                 precision=options.training_precision,
                 progress=lambda done, total, share=pass_steps: advance(share * done / total),
                 should_cancel=should_cancel,
+                timings=timings,
             )
             work_done += pass_steps
             for index, lora in zip(chunk, loras, strict=True):
