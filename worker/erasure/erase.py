@@ -266,4 +266,5 @@ def _train_loras(
         progress=lambda fraction: run.progress("lora", fraction),
         should_cancel=run.should_cancel,
         on_lora_trained=trained,
+        timings=run.timings,
     )
