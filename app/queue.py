@@ -12,11 +12,13 @@ from celery import Celery
 from app.settings import Settings, get_settings
 
 ERASE_TASK = "mace.erase"
+ERASE_CHUNK_TASK = "mace.erase_chunk"  # one chunk of a fanned-out job's stage 2
 EVALUATE_TASK = "mace.evaluate"
 GENERATE_TASK = "mace.generate"
 EXPORT_TASK = "mace.export"
 QUEUES = {
     ERASE_TASK: "erase",
+    ERASE_CHUNK_TASK: "erase",
     EVALUATE_TASK: "evaluate",
     GENERATE_TASK: "generate",
     EXPORT_TASK: "erase",  # exports are heavy model work, like erasures

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     VISIBILITY_TIMEOUT_S: int = 6 * 3600
     # A running job whose worker has not heartbeaten for this long may be taken over.
     JOB_LEASE_S: float = 90.0
+    # Stage 2 of a job with more pending concept groups than this is shared out in chunks of
+    # about this many groups, which any worker on the `erase` queue may train (one engine pass
+    # holds up to 32 groups on a GPU, so smaller chunks waste batch width); 0 never fans out.
+    STAGE2_CHUNK_GROUPS: int = Field(default=32, ge=0)
     # Uploads and downloads of artifacts: attempts, and the first wait between them (doubling).
     STORAGE_ATTEMPTS: int = 6
     STORAGE_BACKOFF_S: float = 2.0

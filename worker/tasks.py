@@ -10,7 +10,8 @@ from __future__ import annotations
 from celery import shared_task
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.queue import ERASE_TASK, EVALUATE_TASK, EXPORT_TASK, GENERATE_TASK
+from app.queue import ERASE_CHUNK_TASK, ERASE_TASK, EVALUATE_TASK, EXPORT_TASK, GENERATE_TASK
+from worker.erase_chunk import run_erasure_chunk
 from worker.erase_job import run_erasure_job
 from worker.evaluate_job import run_evaluation_job
 from worker.export_job import export_model
@@ -30,6 +31,13 @@ def erase_task(self, job_id: str) -> dict:
         raise self.retry(countdown=held.countdown) from held
     except SQLAlchemyError as exc:
         raise self.retry(exc=exc, countdown=DATABASE_RETRY_S) from exc
+
+
+@shared_task(name=ERASE_CHUNK_TASK)
+def erase_chunk_task(job_id: str, number: int) -> dict:
+    """Train chunk `number` of fanned-out erasure job `job_id` unless it is done or held; never
+    retried: the job's own worker trains a chunk nobody else does."""
+    return run_erasure_chunk(job_id, number)
 
 
 @shared_task(name=EVALUATE_TASK, bind=True, max_retries=MAX_RETRIES)

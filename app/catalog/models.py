@@ -134,6 +134,25 @@ class ErasureJob(JobState, Base):
     model_id: Mapped[str | None] = mapped_column(String(32))
 
 
+class ErasureChunk(Base):
+    """A share of a fanned-out erasure job's stage 2: some of its groups' LoRAs, trained by any
+    worker on the `erase` queue that claims it (`app.catalog.chunks`). Kept after the job ends as
+    the record of who trained what."""
+
+    __tablename__ = "erasure_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("erasure_jobs.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    groups: Mapped[list] = mapped_column(JSON)  # indices into the job's concept groups
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # running, done
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))  # the claimant; who finished it
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class EvaluationJob(JobState, Base):
     """An evaluation of one or more catalogued models; its report is stored as artifacts."""
 
