@@ -53,7 +53,10 @@ def test_killed_worker_job_resumes_without_retraining(
 ):
     doomed = WorkerProcess(service_env, logs / "doomed.log").start()
     try:
-        job_id = catalog.submit(base, [("cat",), ("dog",), ("car",)], lora_steps=60)
+        # One group per pass: the LoRAs are stored one by one, so the kill falls between them.
+        job_id = catalog.submit(
+            base, [("cat",), ("dog",), ("car",)], lora_steps=60, concepts_per_pass=1
+        )
         poll(lambda: bucket.head(checkpoint_key(job_id, 0)), 90, "no LoRA stored")
         doomed.kill()
     finally:
