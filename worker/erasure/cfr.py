@@ -1,6 +1,9 @@
 """Stage 1: closed-form cross-attention refinement (CFR) with one shared d_in x d_in transform.
 
 W' = W0 (G_gf + lam I + s P)(G_ff + lam I + s P)^-1 = W0 T   for every edited matrix.
+
+A singular or ill-conditioned right factor gets a ridge (see linalg.py) that acts as extra lam in
+both factors: T stays the identity, W' stays W0, along directions no embedding occupies.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .linalg import SpdFactor
+from .linalg import Conditioning, SpdFactor
 from .statistics import CfrStatistics, SecondMoment
 
 
@@ -20,14 +23,19 @@ class Refinement:
     transform: torch.Tensor
     cfr_lambda: float
     preservation_weight: float
-    ridge: float
+    conditioning: Conditioning
+
+    @property
+    def ridge(self) -> float:
+        """Added to lam in both factors; 0 when the system was well conditioned."""
+        return self.conditioning.ridge
 
     def log_lines(self) -> list[str]:
         lines = [
             f"CFR: lambda={self.cfr_lambda:g}, preservation weight={self.preservation_weight:g}"
         ]
         if self.ridge:
-            lines.append(f"CFR: statistics were singular; added a ridge of {self.ridge:.3g}")
+            lines.append(f"CFR: {self.conditioning.describe()}")
         return lines
 
 
@@ -52,7 +60,7 @@ def closed_form_refine(
     preservation: SecondMoment | None = None,
     preservation_weight: float = 0.0,
 ) -> Refinement:
-    """Solve for T from the paired statistics (float64, Cholesky).
+    """Solve for T from the paired statistics (float64, Cholesky), with a ridge where needed.
 
     Args:
         stats: G_ff and G_gf over all paired token positions.
@@ -66,8 +74,9 @@ def closed_form_refine(
         preservation, preservation_weight, stats.pair_count
     )
     factor = SpdFactor(stats.target.total + regulariser)
-    transform = factor.solve_right(stats.cross + regulariser)
-    return Refinement(transform, cfr_lambda, preservation_weight, factor.ridge)
+    ridge = factor.ridge * torch.eye(width, dtype=torch.float64)
+    transform = factor.solve_right(stats.cross + regulariser + ridge)
+    return Refinement(transform, cfr_lambda, preservation_weight, factor.conditioning)
 
 
 def refine_weight(weight: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:

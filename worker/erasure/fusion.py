@@ -5,6 +5,8 @@
     W* = W0 M + sum_i up_i (down_i G_i B^-1)               per matrix, rank r per group
 
 No LoRA is merged into a pipeline: each group only contributes down_i G_i (r x d_in).
+Where B is singular or ill-conditioned (fusion_lambda 0), its ridge (linalg.py) is added to lam_f
+on both sides, so M follows T along directions no prompt occupies.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .cfr import weighted_preservation
-from .linalg import SpdFactor
+from .linalg import Conditioning, SpdFactor
 from .statistics import SecondMoment
 
 LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # matrix name -> (up, down)
@@ -27,7 +29,12 @@ class FusedEdit:
 
     transform: torch.Tensor
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    ridge: float = 0.0
+    conditioning: Conditioning | None = None  # None: no solve (no stage 3)
+
+    @property
+    def ridge(self) -> float:
+        """Added to lam_f in both factors; 0 when B was well conditioned."""
+        return self.conditioning.ridge if self.conditioning else 0.0
 
 
 def fuse_loras(
@@ -65,9 +72,10 @@ def fuse_loras(
     eye = torch.eye(width, dtype=torch.float64)
     preserved = weighted_preservation(preservation, preservation_weight, token_count)
     factor = SpdFactor(gram_sum + fusion_lambda * eye + preserved)
-    shared = factor.solve_right(transform.double() @ (gram_sum + fusion_lambda * eye) + preserved)
+    toward_refined = gram_sum + (fusion_lambda + factor.ridge) * eye
+    shared = factor.solve_right(transform.double() @ toward_refined + preserved)
     factors = {name: (ups[name], factor.solve_right(rows)) for name, rows in projected.items()}
-    return FusedEdit(shared, factors, factor.ridge)
+    return FusedEdit(shared, factors, factor.conditioning)
 
 
 def stack_unfused(transform: torch.Tensor, loras: Sequence[LoraFactors]) -> FusedEdit:
